@@ -1,0 +1,25 @@
+"""Command-line interface: a thin layer over the library, one module per stage."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from pathosae.cli._app import app
+from pathosae.errors import PathosaeError
+
+# Each module registers its subcommand(s) on ``app`` when imported.
+from pathosae.cli import cohort_cmd, embed_cmd, run_cmd, sae_cmd, synth_cmd, tile_cmd  # noqa: E402, F401, I001
+
+
+def main() -> None:
+    """Entry point of the ``pathosae`` console script: known errors print cleanly, exit code 2."""
+    try:
+        app()
+    except PathosaeError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,86 @@
+"""The stage registry behind ``pathosae run``: each stage reads only earlier stages' files.
+
+A stage is a function ``run_stage(run: RunDir, cfg: PathosaeConfig, on_error: OnError) -> dict``
+returning a small JSON-able summary that is stored in ``run.json``. Stages skip work that is
+already finished (per slide for tiling and embedding), so rerunning a stage is cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pathosae.config import PathosaeConfig
+from pathosae.errors import PathosaeError
+from pathosae.run import RunDir
+from pathosae.types import OnError
+
+StageFn = Callable[[RunDir, PathosaeConfig, OnError], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    target: str  # "module:function", imported lazily so `pathosae --help` stays fast
+    description: str
+
+    def load(self) -> StageFn:
+        module_name, func_name = self.target.split(":")
+        return getattr(importlib.import_module(module_name), func_name)
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("cohort", "pathosae.cohort:run_stage", "validate the manifest, resolve paths, split"),
+    Stage("tile", "pathosae.tiling:run_stage", "detect tissue and tile each slide"),
+    Stage("embed", "pathosae.embedding:run_stage", "embed the tiles with the encoder"),
+    Stage("sae", "pathosae.sae.stage:run_stage", "train and evaluate sparse autoencoders"),
+)
+STAGE_NAMES = tuple(s.name for s in STAGES)
+
+
+def select_stages(
+    stages: list[str] | None = None, start: str | None = None, until: str | None = None
+) -> list[Stage]:
+    """Pick stages by name list or by a from/until range, in pipeline order."""
+    for name in [*(stages or []), start, until]:
+        if name is not None and name not in STAGE_NAMES:
+            raise PathosaeError(
+                f"unknown stage {name!r}. Fix: use one of {', '.join(STAGE_NAMES)}."
+            )
+    chosen = [s for s in STAGES if not stages or s.name in stages]
+    if start is not None:
+        chosen = chosen[[s.name for s in chosen].index(start) :] if start in [
+            s.name for s in chosen
+        ] else []
+    if until is not None and until in [s.name for s in chosen]:
+        chosen = chosen[: [s.name for s in chosen].index(until) + 1]
+    return chosen
+
+
+def run_stages(
+    run: RunDir,
+    cfg: PathosaeConfig,
+    stages: list[Stage],
+    on_error: OnError = "stop",
+    echo: Callable[[str], None] = print,
+) -> dict[str, dict[str, Any]]:
+    """Run the chosen stages in order, recording status and duration of each in run.json."""
+    summaries: dict[str, dict[str, Any]] = {}
+    for stage in stages:
+        fn = stage.load()
+        echo(f"[{stage.name}] {stage.description}")
+        run.set_stage(stage.name, status="running", started=time.time())
+        t0 = time.perf_counter()
+        try:
+            summary = fn(run, cfg, on_error)
+        except BaseException as exc:
+            run.set_stage(stage.name, status="failed", error=str(exc)[:2000])
+            raise
+        duration = round(time.perf_counter() - t0, 3)
+        run.set_stage(stage.name, status="done", duration_s=duration, summary=summary)
+        summaries[stage.name] = summary
+        echo(f"[{stage.name}] done in {duration:.1f}s: {summary}")
+    return summaries
