@@ -28,7 +28,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp
         _fsync_file(tmp)
-        os.replace(tmp, target)
+        tmp.replace(target)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -44,7 +44,7 @@ def write_text_atomic(target: str | os.PathLike[str], text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def write_json_atomic(target: str | os.PathLike[str], obj: Any) -> None:  # noqa: ANN401
+def write_json_atomic(target: str | os.PathLike[str], obj: Any) -> None:
     write_text_atomic(target, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
 
 
@@ -53,7 +53,7 @@ def write_parquet_atomic(target: str | os.PathLike[str], frame: pd.DataFrame) ->
         frame.to_parquet(tmp, index=False)
 
 
-def read_json(path: str | os.PathLike[str]) -> Any:  # noqa: ANN401
+def read_json(path: str | os.PathLike[str]) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
@@ -75,7 +75,7 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def settings_hash(settings: Any, length: int = 16) -> str:  # noqa: ANN401
+def settings_hash(settings: Any, length: int = 16) -> str:
     """A short stable hash of JSON-able settings, stored in every output so stale files are found."""
     text = json.dumps(settings, sort_keys=True, default=_json_default)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]

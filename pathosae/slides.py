@@ -30,18 +30,45 @@ def open_slide(path: str | os.PathLike[str], slide_id: str = "") -> openslide.Op
     try:
         return openslide.OpenSlide(str(path))
     except openslide.OpenSlideUnsupportedFormatError:
-        raise SlideError(
-            label,
-            str(path),
-            "OpenSlide does not recognise this file as a slide (unsupported format, or a "
-            "non-slide image renamed)",
-            "convert it to a tiled pyramidal TIFF or another format OpenSlide reads",
-        ) from None
+        raise SlideError(label, str(path), *_why_unsupported(path)) from None
     except openslide.OpenSlideError as exc:
         raise SlideError(
             label, str(path), f"OpenSlide could not read it ({exc}); the file may be truncated or "
             "corrupt", "re-copy or re-export the slide",
         ) from None
+
+
+_MAGIC = {
+    b"\x89PNG": "PNG image",
+    b"\xff\xd8\xff": "JPEG image",
+    b"GIF8": "GIF image",
+    b"%PDF": "PDF document",
+    b"PK\x03\x04": "ZIP archive",
+}
+
+
+def _why_unsupported(path: Path) -> tuple[str, str]:
+    """Name the reason OpenSlide rejected a file from its first bytes."""
+    with path.open("rb") as fh:
+        head = fh.read(8)
+    if not head:
+        return "the file is empty", "re-copy the slide"
+    for magic, kind in _MAGIC.items():
+        if head.startswith(magic):
+            return (
+                f"the file is a {kind}, not a whole-slide image (OpenSlide rejects it)",
+                "export the slide in a format OpenSlide reads (SVS, NDPI, MRXS, tiled TIFF, ...)",
+            )
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return (
+            "the file has a TIFF header but OpenSlide cannot read it: it is truncated or "
+            "corrupt, or a plain (untiled, single-level) TIFF",
+            "re-copy the slide, or convert it to a tiled pyramidal TIFF",
+        )
+    return (
+        "OpenSlide does not recognise this file as a slide (unsupported format)",
+        "convert it to a tiled pyramidal TIFF or another format OpenSlide reads",
+    )
 
 
 def slide_mpp(slide: openslide.OpenSlide) -> MicronsPerPixel | None:

@@ -6,11 +6,18 @@ import sys
 
 import typer
 
+# Each module registers its subcommand(s) on ``app`` when imported.
+from pathosae.cli import (
+    cohort_cmd,
+    confounders_cmd,
+    embed_cmd,
+    run_cmd,
+    sae_cmd,
+    synth_cmd,
+    tile_cmd,
+)
 from pathosae.cli._app import app
 from pathosae.errors import PathosaeError
-
-# Each module registers its subcommand(s) on ``app`` when imported.
-from pathosae.cli import cohort_cmd, embed_cmd, run_cmd, sae_cmd, synth_cmd, tile_cmd  # noqa: E402, F401, I001
 
 
 def main() -> None:
@@ -22,4 +29,14 @@ def main() -> None:
         sys.exit(2)
 
 
-__all__ = ["app", "main"]
+__all__ = [
+    "app",
+    "cohort_cmd",
+    "confounders_cmd",
+    "embed_cmd",
+    "main",
+    "run_cmd",
+    "sae_cmd",
+    "synth_cmd",
+    "tile_cmd",
+]

@@ -1,1 +1,37 @@
-"""CLI command module (filled in by its stage)."""
+"""`pathosae run`: the whole pipeline, or a selection of its stages, on one run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pathosae.cli._app import ConfigOption, OnErrorOption, app, check_on_error
+
+
+@app.command("run")
+def run_command(
+    manifest: Annotated[
+        Path | None,
+        typer.Option("--manifest", "-m", help="Cohort manifest CSV (optional when resuming)."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Run directory (default runs/<manifest>).")
+    ] = None,
+    config: ConfigOption = None,
+    on_error: OnErrorOption = "stop",
+    stages: Annotated[
+        str | None, typer.Option("--stages", help="Comma-separated stages to run (default all).")
+    ] = None,
+    start: Annotated[str | None, typer.Option("--from", help="First stage to run.")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="Last stage to run.")] = None,
+) -> None:
+    """Run cohort -> tile -> embed -> sae -> ... on a run directory; finished work is reused."""
+    from pathosae.workflow import prepare_run, run_pipeline
+
+    check_on_error(on_error)
+    run, cfg = prepare_run(manifest, out, config)
+    selected = stages.split(",") if stages else None
+    run_pipeline(run, cfg, selected, start, until, on_error, echo=typer.echo)  # type: ignore[arg-type]
+    typer.echo(f"run finished: {run.root}")

@@ -1,0 +1,1 @@
+"""CLI command module (filled in by its stage)."""

@@ -1,0 +1,59 @@
+"""Starting or resuming a run: which manifest and config it uses, then its stages under a lock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pathosae.config import PathosaeConfig, load_config
+from pathosae.errors import PathosaeError
+from pathosae.io import sha256_file
+from pathosae.pipeline import run_stages, select_stages
+from pathosae.run import RunDir
+from pathosae.types import OnError
+
+
+def prepare_run(
+    manifest: Path | None, out: Path | None, config: Path | None
+) -> tuple[RunDir, PathosaeConfig]:
+    """Resolve the run directory, manifest and config; record them in run.json.
+
+    Resuming a run needs neither ``--manifest`` nor ``--config``: run.json has both.
+    """
+    if out is None:
+        if manifest is None:
+            raise PathosaeError("give --manifest for a new run, or --out RUN to resume one")
+        out = Path("runs") / manifest.stem
+    run = RunDir(out)
+    state = run.read_state()
+    if manifest is None:
+        recorded = state.get("manifest")
+        if not recorded:
+            raise PathosaeError(
+                f"{run.root} is not a started run (no manifest in run.json). "
+                "Fix: pass --manifest cohort.csv."
+            )
+        manifest = Path(recorded)
+    if not manifest.is_file():
+        raise PathosaeError(f"manifest {manifest} does not exist. Fix: pass an existing CSV.")
+    if config is None and "config" in state:
+        cfg = PathosaeConfig.model_validate(state["config"])
+    else:
+        cfg = load_config(config)
+    run.init(cfg.model_dump(mode="json"), str(manifest.resolve()), sha256_file(manifest))
+    return run, cfg
+
+
+def run_pipeline(
+    run: RunDir,
+    cfg: PathosaeConfig,
+    stages: list[str] | None = None,
+    start: str | None = None,
+    until: str | None = None,
+    on_error: OnError = "stop",
+    echo: Callable[[str], None] = print,
+) -> dict[str, dict[str, Any]]:
+    chosen = select_stages(stages, start, until)
+    with run.lock():
+        return run_stages(run, cfg, chosen, on_error, echo)
