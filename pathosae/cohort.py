@@ -395,3 +395,21 @@ def run_stage(run: RunDir, cfg: PathosaeConfig, on_error: OnError) -> dict[str, 
 def load_cohort(run: RunDir) -> pd.DataFrame:
     """The validated cohort table of a run (written by the cohort stage)."""
     return pd.read_parquet(run.require(run.cohort_path, "cohort"))
+
+
+_TCGA_BARCODE = re.compile(r"^TCGA-([A-Z0-9]{2})-([A-Z0-9]{4})(?:-|$)", re.IGNORECASE)
+
+
+def tcga_fields(barcode: str) -> dict[str, str]:
+    """Tissue source site and patient from a TCGA barcode (``TCGA-A2-A0T2-01Z-00-DX1``).
+
+    The site code is the confounder most TCGA studies must control: deep features identify it.
+    """
+    match = _TCGA_BARCODE.match(Path(barcode).name)
+    if match is None:
+        raise ValueError(
+            f"{barcode!r} is not a TCGA barcode (expected TCGA-XX-XXXX-...). Fix: pass the slide's "
+            "barcode, e.g. TCGA-A2-A0T2-01Z-00-DX1"
+        )
+    site, participant = (g.upper() for g in match.groups())
+    return {"site": site, "patient_id": f"TCGA-{site}-{participant}"}

@@ -107,7 +107,7 @@ class RunDir:
     def stage_state(self, stage: str) -> dict[str, Any]:
         return self.read_state()["stages"].get(stage, {})
 
-    def set_stage(self, stage: str, **info: Any) -> None:  # noqa: ANN401
+    def set_stage(self, stage: str, **info: Any) -> None:
         state = self.read_state()
         entry = state["stages"].setdefault(stage, {})
         entry.update(info)

@@ -193,7 +193,7 @@ def test_config_unknown_key_names_key_and_file(tmp_path):
         load_config(config)
     assert "tiling.tile_pxx" in str(info.value) and str(config) in str(info.value)
     config.write_text("tiling:\n  target_mpp: -1\n")
-    with pytest.raises(ConfigError, match="tiling.target_mpp"):
+    with pytest.raises(ConfigError, match=r"tiling\.target_mpp"):
         load_config(config)
 
 
@@ -220,3 +220,19 @@ def test_cli_cohort_writes_table_and_reports_errors(tmp_path, slides):
     assert result.exit_code != 0
     assert isinstance(result.exception, ManifestError)
     assert "row 2" in str(result.exception) and "file not found" in str(result.exception)
+
+
+def test_tcga_fields_from_barcode_and_templates_parse():
+    from pathosae.cohort import read_manifest, tcga_fields
+
+    assert tcga_fields("TCGA-A2-A0T2-01Z-00-DX1.svs") == {"site": "A2", "patient_id": "TCGA-A2-A0T2"}
+    with pytest.raises(ValueError, match="not a TCGA barcode"):
+        tcga_fields("case001")
+    root = Path(__file__).resolve().parent.parent / "data_manifests"
+    tcga = read_manifest(root / "tcga_template.csv")
+    for _, row in tcga.iterrows():
+        fields = tcga_fields(row["slide_id"])
+        assert (fields["site"], fields["patient_id"]) == (row["site"], row["patient_id"])
+    for name in ["template.csv", "camelyon17_template.csv"]:
+        frame = read_manifest(root / name)
+        assert {"slide_id", "path", "label", "site"} <= set(frame.columns)
