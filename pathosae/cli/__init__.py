@@ -10,6 +10,7 @@ import typer
 from pathosae.cli import (
     cohort_cmd,
     confounders_cmd,
+    doctor_cmd,
     embed_cmd,
     run_cmd,
     sae_cmd,
@@ -33,6 +34,7 @@ __all__ = [
     "app",
     "cohort_cmd",
     "confounders_cmd",
+    "doctor_cmd",
     "embed_cmd",
     "main",
     "run_cmd",
