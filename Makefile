@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= demo
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo bench clean system-deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,14 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check pathosae apps tests benchmarks
 
-test: lint
+# A real one-node Slurm cluster (Debian's slurmctld, slurmd and munge) for the scale-out tests;
+# installed only when running as root and missing. Without it those tests skip and say why.
+system-deps:
+	@if [ "$$(id -u)" = 0 ] && ! command -v slurmctld >/dev/null 2>&1; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    slurmctld slurmd munge slurm-client >/dev/null) || echo "could not install Slurm"; fi
+
+test: lint system-deps
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pathosae.errors import ConfigError
+from pathosae.scaleout.config import ExecutorConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
@@ -75,6 +76,9 @@ class TilingConfig(Section):
     max_hole_area_um2: float = Field(
         20_000.0, ge=0, description="Holes smaller than this (µm²) inside tissue are filled."
     )
+    qc_mpp: float = Field(
+        4.0, gt=0, description="Resolution (µm/px) of the QC image with the mask and tile grid."
+    )
     num_workers: int = Field(1, ge=1, description="Processes tiling slides in parallel.")
 
 
@@ -89,16 +93,165 @@ class EmbeddingConfig(Section):
         False, description="Use the encoder's seeded random-weights twin (a control)."
     )
     batch_size: int = Field(32, ge=1)
-    num_workers: int = Field(2, ge=0)
+    num_workers: int = Field(2, ge=0, description="Processes reading tiles from the slides.")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
-    channels_last: bool = True
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: bool | Literal["auto"] = Field(
+        "auto", description="auto: on CUDA for every model, on CPU for CNNs (measured faster)."
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: the model's published precision on CUDA, fp32 on CPU."
+    )
+    features_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="dtype of the stored features."
+    )
+    name: str | None = Field(
+        None,
+        description="Feature folder RUN/features/<name>; default: the encoder id, with "
+        "'_random' appended for the random-weights control.",
+    )
+
+    def features_name(self) -> str:
+        """The folder under RUN/features/ this configuration writes."""
+        if self.name:
+            return self.name
+        return f"{self.encoder}_random" if self.random_weights else self.encoder
+
+    def random_twin_name(self) -> str:
+        """The folder of the same encoder's random-weights control."""
+        return f"{self.encoder}_random"
+
+
+class SAEControlsConfig(Section):
+    """Controls reported beside each SAE so real structure can be told from pareidolia."""
+
+    random_encoder: bool = Field(
+        True, description="Same SAE on the random-weights encoder twin's features (when embedded)."
+    )
+    permuted: bool = Field(
+        True,
+        description="Same SAE on per-dimension permutation nulls (within and between slides).",
+    )
+    seed_stability: bool = Field(
+        True, description="Train a second seed and match decoder atoms (Hungarian)."
+    )
+    concept_coverage: bool = Field(
+        True, description="Best single unit's AUROC per phenotype / confounder, and units > 0.9."
+    )
+    max_rows: int = Field(
+        200_000, ge=1000, description="Rows sampled for permutation controls (held in RAM)."
+    )
 
 
 class SAEConfig(Section):
-    """Sparse-autoencoder training on stored features (filled in by the SAE stage)."""
+    """Sparse-autoencoder training on stored features."""
 
-    model_config = ConfigDict(extra="allow")
+    models: list[str] = Field(
+        default_factory=lambda: ["topk"],
+        description="SAEs the stage trains, each an architecture name (written to RUN/sae/<name>).",
+    )
+    architecture: str = Field(
+        "topk", description="Architecture for library calls: topk, batchtopk, relu, jumprelu, "
+        "matryoshka.",
+    )
+    encoder: str | None = Field(
+        None, description="Features of this encoder; null: the embedding section's encoder."
+    )
+    expansion: int = Field(8, ge=1, description="d_sae = expansion * d_in (unless d_sae is set).")
+    d_sae: int | None = Field(None, ge=1, description="Number of latents; overrides expansion.")
+    k: int = Field(32, ge=1, description="Active latents per sample (TopK, BatchTopK, Matryoshka).")
+    l1_coefficient: float = Field(2e-3, ge=0, description="ReLU: L1 penalty (decoder-norm scaled).")
+    l0_coefficient: float = Field(5e-3, ge=0, description="JumpReLU: L0 penalty.")
+    jumprelu_bandwidth: float = Field(0.05, gt=0, description="JumpReLU: STE kernel width.")
+    jumprelu_threshold: float = Field(0.5, gt=0, description="JumpReLU: initial threshold.")
+    matryoshka_prefixes: list[int] = Field(
+        default_factory=list,
+        description="Matryoshka prefix sizes; empty: d_sae/16, d_sae/8, d_sae/4, d_sae/2, d_sae.",
+    )
+    lr: float | None = Field(
+        None, gt=0, description="Adam learning rate; null: 2e-4 / sqrt(d_sae / 2^14)."
+    )
+    warmup_fraction: float = Field(0.02, ge=0, lt=1, description="Linear lr warm-up share.")
+    decay_fraction: float = Field(0.2, ge=0, lt=1, description="Final linear decay-to-zero share.")
+    batch_size: int = Field(1024, ge=1)
+    n_samples: int = Field(300_000, ge=1, description="Training samples seen (steps × batch).")
+    aux_k: int | None = Field(None, ge=1, description="AuxK latents; null: d_in / 2.")
+    aux_coefficient: float = Field(1 / 32, ge=0)
+    dead_window: int = Field(
+        100_000, ge=1, description="A latent is dead after this many samples without firing."
+    )
+    redundancy_coefficient: float = Field(
+        0.0, ge=0, description="Penalty on squared cosine between co-firing decoder atoms."
+    )
+    scale_inputs: bool = Field(True, description="Scale so E||x|| = sqrt(d_in); folded at save.")
+    init_samples: int = Field(
+        16_384, ge=1, description="Rows for the geometric median and the input scale."
+    )
+    eval_max_rows: int = Field(100_000, ge=1, description="Held-out rows used for metrics.")
+    dense_threshold: float = Field(
+        0.1, gt=0, le=1, description="A latent is dense if it fires on more than this share."
+    )
+    seed: int = 0
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch; null: as is.")
+    controls: SAEControlsConfig = Field(default_factory=SAEControlsConfig)
+
+    @model_validator(mode="after")
+    def _check_fractions(self) -> SAEConfig:
+        if self.warmup_fraction + self.decay_fraction >= 1:
+            raise ValueError("warmup_fraction + decay_fraction must be below 1")
+        return self
+
+
+class ConfoundersConfig(Section):
+    """Association scan, leakage probes, PathoROB metrics and confounder directions."""
+
+    variables: list[str] | None = Field(
+        None,
+        description="Metadata columns to scan; null means cohort.confounders plus the label.",
+    )
+    covariates: list[str] = Field(
+        default_factory=list,
+        description="Columns held fixed in every test (e.g. the label), skipped for themselves.",
+    )
+    variable_types: dict[str, Literal["categorical", "continuous"]] = Field(
+        default_factory=dict,
+        description="Override the inferred type of a column (text and 2-valued are categorical).",
+    )
+    aggregations: list[Literal["mean", "frac_active", "quantile"]] = Field(
+        default_factory=lambda: ["mean", "frac_active", "quantile"],
+        description="Per-slide (and per-patient) summaries of each unit's tile activations.",
+    )
+    quantile: float = Field(0.9, gt=0, lt=1, description="The high quantile aggregation.")
+    active_threshold: float = Field(
+        0.0, ge=0, description="A tile counts as active for a unit when its code exceeds this."
+    )
+    correlation: Literal["pearson", "spearman"] = Field(
+        "pearson", description="Correlation for continuous columns (spearman ranks first)."
+    )
+    fdr_alpha: float = Field(0.05, gt=0, lt=1, description="Benjamini-Hochberg level for flags.")
+    n_confirm: int = Field(
+        10, ge=0, description="Top hits per column confirmed by a mixed model and a permutation."
+    )
+    n_permutations: int = Field(999, ge=9, description="Permutations of slide-level labels.")
+    confirm_tiles_per_slide: int = Field(
+        16, ge=1, description="Tiles per slide sampled for the mixed-model confirmation."
+    )
+    k_neighbors: int = Field(10, ge=1, description="k of the PathoROB robustness index.")
+    cv_folds: int = Field(5, ge=2, description="Cross-validation folds of the leakage probes.")
+    probe_level: Literal["slide", "tile"] = Field(
+        "slide", description="Probe slide-level means (default) or sampled tiles."
+    )
+    max_tiles: int = Field(
+        20_000, ge=100, description="Cap on sampled tiles kept for tile-level metrics."
+    )
+    site_column: str | None = Field(
+        "site", description="Column for leave-one-site-out probes; null to skip them."
+    )
+    sae: str | None = Field(
+        None, description="SAE folder name under RUN/sae/; null picks the only one there."
+    )
+    combat: bool = Field(True, description="Also score ComBat-harmonised embeddings (baseline).")
+    seed: int = 0
 
 
 class PathosaeConfig(Section):
@@ -109,6 +262,8 @@ class PathosaeConfig(Section):
     tiling: TilingConfig = Field(default_factory=TilingConfig)
     embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
     sae: SAEConfig = Field(default_factory=SAEConfig)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    confounders: ConfoundersConfig = Field(default_factory=ConfoundersConfig)
 
     def section_dump(self, name: str) -> dict[str, Any]:
         """A JSON-able dump of one section, used for hashing stage settings."""

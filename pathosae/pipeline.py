@@ -26,6 +26,8 @@ class Stage:
     name: str
     target: str  # "module:function", imported lazily so `pathosae --help` stays fast
     description: str
+    per_slide: bool = False  # runs as an array job over slide shards on a cluster
+    on_cluster: bool = True  # False: always runs in the calling process (cheap bookkeeping)
 
     def load(self) -> StageFn:
         module_name, func_name = self.target.split(":")
@@ -33,10 +35,14 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("cohort", "pathosae.cohort:run_stage", "validate the manifest, resolve paths, split"),
-    Stage("tile", "pathosae.tiling:run_stage", "detect tissue and tile each slide"),
-    Stage("embed", "pathosae.embedding:run_stage", "embed the tiles with the encoder"),
+    Stage("cohort", "pathosae.cohort:run_stage", "validate the manifest, resolve paths, split",
+          on_cluster=False),
+    Stage("tile", "pathosae.tiling:run_stage", "detect tissue and tile each slide", per_slide=True),
+    Stage("embed", "pathosae.embedding:run_stage", "embed the tiles with the encoder",
+          per_slide=True),
     Stage("sae", "pathosae.sae.stage:run_stage", "train and evaluate sparse autoencoders"),
+    Stage("confounders", "pathosae.confounders.stage:run_stage",
+          "associate SAE units with metadata; leakage, PathoROB, directions"),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
@@ -75,7 +81,7 @@ def run_stages(
         run.set_stage(stage.name, status="running", started=time.time())
         t0 = time.perf_counter()
         try:
-            summary = fn(run, cfg, on_error)
+            summary = _execute(stage, fn, run, cfg, on_error)
         except BaseException as exc:
             run.set_stage(stage.name, status="failed", error=str(exc)[:2000])
             raise
@@ -84,3 +90,14 @@ def run_stages(
         summaries[stage.name] = summary
         echo(f"[{stage.name}] done in {duration:.1f}s: {summary}")
     return summaries
+
+
+def _execute(
+    stage: Stage, fn: StageFn, run: RunDir, cfg: PathosaeConfig, on_error: OnError
+) -> dict[str, Any]:
+    """In this process, or as Slurm jobs (array jobs for per-slide stages) through submitit."""
+    if cfg.executor.kind == "local" or not stage.on_cluster:
+        return fn(run, cfg, on_error)
+    from pathosae.scaleout import run_stage_on_executor
+
+    return run_stage_on_executor(fn, stage.name, run, cfg, on_error, per_slide=stage.per_slide)

@@ -15,7 +15,7 @@ from pathosae.types import OnError
 
 
 def prepare_run(
-    manifest: Path | None, out: Path | None, config: Path | None
+    manifest: Path | None, out: Path | None, config: Path | None, executor: str | None = None
 ) -> tuple[RunDir, PathosaeConfig]:
     """Resolve the run directory, manifest and config; record them in run.json.
 
@@ -41,6 +41,9 @@ def prepare_run(
         cfg = PathosaeConfig.model_validate(state["config"])
     else:
         cfg = load_config(config)
+    if executor is not None:
+        # Recorded in run.json, so `pathosae run --out RUN` resumes on the same executor.
+        cfg.executor.kind = executor  # type: ignore[assignment]
     run.init(cfg.model_dump(mode="json"), str(manifest.resolve()), sha256_file(manifest))
     return run, cfg
 

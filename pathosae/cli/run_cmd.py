@@ -26,12 +26,18 @@ def run_command(
     ] = None,
     start: Annotated[str | None, typer.Option("--from", help="First stage to run.")] = None,
     until: Annotated[str | None, typer.Option("--until", help="Last stage to run.")] = None,
+    executor: Annotated[
+        str | None,
+        typer.Option("--executor", help="local or slurm (default: the config's executor.kind)."),
+    ] = None,
 ) -> None:
     """Run cohort -> tile -> embed -> sae -> ... on a run directory; finished work is reused."""
     from pathosae.workflow import prepare_run, run_pipeline
 
     check_on_error(on_error)
-    run, cfg = prepare_run(manifest, out, config)
+    if executor not in (None, "local", "slurm"):
+        raise typer.BadParameter(f"--executor must be 'local' or 'slurm', got {executor!r}")
+    run, cfg = prepare_run(manifest, out, config, executor=executor)
     selected = stages.split(",") if stages else None
     run_pipeline(run, cfg, selected, start, until, on_error, echo=typer.echo)  # type: ignore[arg-type]
     typer.echo(f"run finished: {run.root}")
