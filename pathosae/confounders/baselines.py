@@ -1,0 +1,88 @@
+"""Baselines beside the SAE view: ComBat on embeddings and Macenko H&E stain normalisation.
+
+- ComBat (``combatlearn``'s scikit-learn ComBat, Fortin's covariate-aware variant): fitted on the
+  training slides and applied unchanged to the others, with the task label as a protected
+  covariate so the biology is not harmonised away. A batch level absent from training cannot be
+  corrected and is an error that names it.
+- Stain normalisation: MONAI's Macenko-style ``NormalizeHEStains`` as a tile transform (uint8
+  H×W×3 in, uint8 H×W×3 out) that the embedding stage can apply before the encoder.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+
+from pathosae.errors import PathosaeError
+
+
+def combat_train_apply(
+    x: np.ndarray,
+    batch: np.ndarray | pd.Series,
+    is_train: np.ndarray,
+    protect: np.ndarray | pd.Series | None = None,
+) -> np.ndarray:
+    """ComBat fitted on the rows where ``is_train`` and applied to every row.
+
+    ``batch`` is the confounder (site, scanner, ...), ``protect`` the label kept as a
+    covariate. Returns the harmonised matrix (rows × features, float64).
+    """
+    from combatlearn import ComBat
+
+    x = np.asarray(x, dtype=np.float64)
+    is_train = np.asarray(is_train, dtype=bool)
+    index = pd.RangeIndex(len(x))
+    batch = pd.Series(np.asarray(batch).astype(str), index=index)
+    unseen = sorted(set(batch[~is_train]) - set(batch[is_train]))
+    if unseen:
+        raise PathosaeError(
+            f"ComBat cannot correct batch level(s) {unseen}: they have no training slides. "
+            "Fix: put slides of every site/scanner in the training split, or drop the ComBat "
+            "baseline (confounders.combat: false)."
+        )
+    covariates = None
+    if protect is not None:
+        covariates = pd.DataFrame({"protect": np.asarray(protect).astype(str)}, index=index)
+    model = ComBat(batch=batch, discrete_covariates=covariates,
+                   method="fortin" if covariates is not None else "johnson")
+    frame = pd.DataFrame(x, index=index)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # small-batch advice, not an error
+        model.fit(frame[is_train])
+        out = model.transform(frame)
+    return np.asarray(out, dtype=np.float64)
+
+
+def he_stain_normaliser(
+    target_he: tuple[tuple[float, float], ...] | None = None,
+    max_cref: tuple[float, float] | None = None,
+) -> Callable[[np.ndarray], np.ndarray]:
+    """A tile transform: Macenko H&E normalisation to a reference stain (MONAI).
+
+    Tiles with too little stained tissue for the stain estimate (e.g. blank glass) are returned
+    unchanged rather than failing the whole slide.
+    """
+    from monai.apps.pathology.transforms import NormalizeHEStains
+
+    kwargs: dict[str, object] = {}
+    if target_he is not None:
+        kwargs["target_he"] = np.asarray(target_he, dtype=np.float64)
+    if max_cref is not None:
+        kwargs["max_cref"] = np.asarray(max_cref, dtype=np.float64)
+    normalise = NormalizeHEStains(**kwargs)
+
+    def transform(tile: np.ndarray) -> np.ndarray:
+        if tile.ndim != 3 or tile.shape[-1] != 3 or tile.dtype != np.uint8:
+            raise PathosaeError(
+                f"stain normalisation needs a uint8 H×W×3 RGB tile, got {tile.dtype} {tile.shape}."
+            )
+        try:
+            out = normalise(tile)
+        except ValueError:
+            return tile  # no stained pixels to estimate the stain matrix from
+        return np.clip(np.asarray(out), 0, 255).astype(np.uint8)
+
+    return transform

@@ -1,0 +1,99 @@
+"""Scoring the scan against planted effects (synthetic cohort) and against a permuted null.
+
+What counts as a true site unit. The synthetic cohort can render every slide twice: as planted
+(with its site's stain and scanner effect) and as a counterfactual without it (the reference
+stain). The planted effect on a unit is then the paired change of its slide-level activation,
+Δ = a(planted) − a(counterfactual). A unit is a *true site unit* when the site explains that
+change: the between-site spread of the mean Δ, max over sites of |mean_site(Δ) − mean(Δ)|, is at
+least ``min_effect`` standard deviations of the unit's planted slide-level activation. Units
+that do not respond to the planted effect, or respond equally at every site, are not site units
+whatever the scan says. The definition uses no p-value, so it is not circular with the scan.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from pathosae.confounders.scan import Kind, add_qvalues, association_scan
+
+
+def true_effect_units(
+    planted: np.ndarray,
+    counterfactual: np.ndarray,
+    levels: np.ndarray,
+    min_effect: float = 0.5,
+) -> np.ndarray:
+    """Boolean mask over units: does the unit follow the planted effect of ``levels``?
+
+    ``planted`` and ``counterfactual`` are slides × units slide-level activations of the same
+    slides with and without the planted effect; ``levels`` is each slide's site (or scanner...).
+    """
+    planted = np.asarray(planted, dtype=np.float64)
+    delta = planted - np.asarray(counterfactual, dtype=np.float64)
+    levels = np.asarray(levels).astype(str)
+    overall = delta.mean(axis=0)
+    spread = np.zeros(planted.shape[1])
+    for level in np.unique(levels):
+        spread = np.maximum(spread, np.abs(delta[levels == level].mean(axis=0) - overall))
+    scale = planted.std(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(scale > 0, spread / scale >= min_effect, False)
+
+
+def precision_recall(flagged: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Precision and recall of flagged units against the true units (NaN where undefined)."""
+    flagged, truth = np.asarray(flagged, dtype=bool), np.asarray(truth, dtype=bool)
+    hits = int((flagged & truth).sum())
+    return {
+        "n_flagged": int(flagged.sum()),
+        "n_true": int(truth.sum()),
+        "true_positives": hits,
+        "precision": hits / flagged.sum() if flagged.any() else float("nan"),
+        "recall": hits / truth.sum() if truth.any() else float("nan"),
+    }
+
+
+def flagged_units(associations: pd.DataFrame, variable: str, alpha: float, n_units: int) -> np.ndarray:
+    """Units with q ≤ alpha for ``variable`` in any aggregation."""
+    hits = associations[(associations["variable"] == variable) & (associations["q"] <= alpha)]
+    mask = np.zeros(n_units, dtype=bool)
+    mask[hits["unit"].astype(int).unique()] = True
+    return mask
+
+
+def permuted_null(
+    activations: np.ndarray,
+    metadata: pd.DataFrame,
+    variables: list[str],
+    covariates: list[str] | None = None,
+    kinds: dict[str, Kind] | None = None,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Scan with the metadata rows shuffled as a block: every association is then null.
+
+    Under that null about ``alpha`` of p-values fall below ``alpha`` and BH lets through nothing
+    in at least 1 − alpha of repeats. Covariates travel with the variables (the whole row moves),
+    so their relation to the variables is kept.
+    """
+    rng = np.random.default_rng(seed)
+    shuffled = metadata.iloc[rng.permutation(len(metadata))].reset_index(drop=True)
+    table = add_qvalues(association_scan(activations, shuffled, variables, covariates, kinds))
+    p = table["p"].dropna().to_numpy()
+    return {
+        "n_tests": len(p),
+        "frac_p_below_alpha": float((p <= alpha).mean()) if len(p) else float("nan"),
+        "n_fdr_pass": int((table["q"] <= alpha).sum()),
+        "alpha": alpha,
+    }
+
+
+def score_against_truth(
+    associations: pd.DataFrame,
+    variable: str,
+    truth: np.ndarray,
+    alpha: float = 0.05,
+) -> dict[str, float]:
+    """Precision/recall of the scan's flagged units for ``variable`` against ``truth``."""
+    return precision_recall(flagged_units(associations, variable, alpha, len(truth)), truth)
