@@ -12,7 +12,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pathosae.edit.config import EditConfig
 from pathosae.errors import ConfigError
+from pathosae.saeception.config import SAECeptionConfig
 from pathosae.scaleout.config import ExecutorConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
@@ -264,6 +266,8 @@ class PathosaeConfig(Section):
     sae: SAEConfig = Field(default_factory=SAEConfig)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     confounders: ConfoundersConfig = Field(default_factory=ConfoundersConfig)
+    edit: EditConfig = Field(default_factory=EditConfig)
+    saeception: SAECeptionConfig = Field(default_factory=SAECeptionConfig)
 
     def section_dump(self, name: str) -> dict[str, Any]:
         """A JSON-able dump of one section, used for hashing stage settings."""
@@ -318,3 +322,43 @@ def _format_validation_error(source: str, exc: ValidationError) -> str:
             msg = "unknown key (check its spelling and section; see configs/default.yaml)"
         lines.append(f"  - {key}: {msg}")
     return "\n".join(lines)
+
+
+def config_yaml(cfg: PathosaeConfig | None = None) -> str:
+    """The config as YAML with each key's description as a comment (``pathosae config``)."""
+    cfg = cfg or PathosaeConfig()
+    return "\n".join(_yaml_lines(cfg, 0)) + "\n"
+
+
+def _yaml_lines(model: BaseModel, indent: int) -> list[str]:
+    lines = []
+    pad = "  " * indent
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            doc = (type(value).__doc__ or "").strip().splitlines()
+            comment = f"  # {doc[0]}" if doc and indent == 0 else ""
+            lines.append(f"{pad}{name}:{comment}")
+            lines.extend(_yaml_lines(value, indent + 1))
+            if indent == 0:
+                lines.append("")
+            continue
+        dumped = yaml.safe_dump(
+            {name: _plain(value)}, default_flow_style=True, sort_keys=False, width=1000
+        ).strip()
+        dumped = dumped[1:-1] if dumped.startswith("{") else dumped
+        comment = f"  # {field.description}" if field.description else ""
+        lines.append(f"{pad}{dumped}{comment}")
+    return lines
+
+
+def _plain(value: Any) -> Any:  # noqa: ANN401
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value

@@ -43,6 +43,12 @@ STAGES: tuple[Stage, ...] = (
     Stage("sae", "pathosae.sae.stage:run_stage", "train and evaluate sparse autoencoders"),
     Stage("confounders", "pathosae.confounders.stage:run_stage",
           "associate SAE units with metadata; leakage, PathoROB, directions"),
+    Stage("edit", "pathosae.edit.stage:run_stage",
+          "edit confounders out and measure the effects against baselines"),
+    Stage("sharpen", "pathosae.saeception.stage:run_stage",
+          "SAE-ception with confounder directions injected, and its controls"),
+    Stage("report", "pathosae.report:run_stage", "write the self-contained report.html",
+          on_cluster=False),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 

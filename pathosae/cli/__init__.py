@@ -9,11 +9,14 @@ import typer
 # Each module registers its subcommand(s) on ``app`` when imported.
 from pathosae.cli import (
     cohort_cmd,
+    config_cmd,
     confounders_cmd,
     doctor_cmd,
+    edit_cmd,
     embed_cmd,
     run_cmd,
     sae_cmd,
+    sharpen_cmd,
     synth_cmd,
     tile_cmd,
 )
@@ -33,12 +36,15 @@ def main() -> None:
 __all__ = [
     "app",
     "cohort_cmd",
+    "config_cmd",
     "confounders_cmd",
     "doctor_cmd",
+    "edit_cmd",
     "embed_cmd",
     "main",
     "run_cmd",
     "sae_cmd",
+    "sharpen_cmd",
     "synth_cmd",
     "tile_cmd",
 ]

@@ -81,6 +81,8 @@ def _out_of_fold(
     classes = np.unique(target)
     proba = np.full((len(target), len(classes)), np.nan)
     for train, test in splits:
+        if len(np.unique(target[train])) < 2:
+            continue  # a permuted null can leave a fold with one class: it scores nothing
         probe = make_probe(seed, n_features=x.shape[1]).fit(x[train], target[train])
         cols = np.searchsorted(classes, probe.classes_)
         proba[np.ix_(test, cols)] = probe.predict_proba(x[test])

@@ -1,0 +1,15 @@
+"""`pathosae config`: print a config, resolved and commented, every key with its meaning."""
+
+from __future__ import annotations
+
+import typer
+
+from pathosae.cli._app import ConfigOption, app
+
+
+@app.command("config")
+def config_command(config: ConfigOption = None) -> None:
+    """Print the resolved config (built-in defaults, or --config validated) as commented YAML."""
+    from pathosae.config import config_yaml, load_config
+
+    typer.echo(config_yaml(load_config(config)), nl=False)

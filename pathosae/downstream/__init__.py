@@ -1,0 +1,40 @@
+"""Downstream models on frozen tile embeddings: an MLP adapter and a gated-attention MIL head.
+
+The adapter's hidden layer is where SAE-ception acts; the MIL head turns a slide's tiles into a
+slide label. Training is deterministic for a seed on the CPU; splits are by patient.
+"""
+
+from __future__ import annotations
+
+_EXPORTS = {
+    "AdapterMIL": "pathosae.downstream.model",
+    "Bags": "pathosae.downstream.bags",
+    "DownstreamConfig": "pathosae.downstream.config",
+    "predict_proba": "pathosae.downstream.train",
+    "site_leakage": "pathosae.downstream.metrics",
+    "slide_hidden": "pathosae.downstream.train",
+    "task_metrics": "pathosae.downstream.metrics",
+    "tile_hidden": "pathosae.downstream.train",
+    "train_downstream": "pathosae.downstream.train",
+}
+
+__all__ = [
+    "AdapterMIL",
+    "Bags",
+    "DownstreamConfig",
+    "predict_proba",
+    "site_leakage",
+    "slide_hidden",
+    "task_metrics",
+    "tile_hidden",
+    "train_downstream",
+]
+
+
+def __getattr__(name: str) -> object:
+    """Import submodules on first use, so reading the config does not import torch."""
+    import importlib
+
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,107 @@
+"""Training and prediction of the downstream model; deterministic for a seed on the CPU."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import Tensor
+
+from pathosae.downstream.bags import Bags
+from pathosae.downstream.config import DownstreamConfig
+from pathosae.downstream.model import AdapterMIL
+
+AuxLoss = Callable[[Tensor, Tensor], Tensor]
+"""``aux(h_tiles, target_tiles) -> scalar`` on the valid tiles of a batch."""
+
+
+def cosine_aux(h: Tensor, target: Tensor) -> Tensor:
+    return (1 - F.cosine_similarity(h, target, dim=-1)).mean()
+
+
+def mse_aux(h: Tensor, target: Tensor) -> Tensor:
+    return (h - target).pow(2).sum(-1).mean() / h.shape[-1]
+
+
+def train_downstream(
+    bags: Bags,
+    cfg: DownstreamConfig,
+    seed: int,
+    init: AdapterMIL | None = None,
+    target: Tensor | None = None,
+    aux_weight: float = 0.0,
+    aux_loss: AuxLoss = cosine_aux,
+) -> AdapterMIL:
+    """Train (or, from ``init``, fine-tune a copy of) the model on ``bags``.
+
+    ``target`` (one row per tile of ``bags``) adds ``aux_weight * aux_loss(h, target)`` on the
+    adapter layer; that is where SAE-ception steers the representation.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    if init is None:
+        model = AdapterMIL(
+            bags.dim, len(bags.classes), cfg.hidden_dim, cfg.attention_dim, cfg.dropout
+        )
+        model.fit_scaler(bags.x)
+    else:
+        model = copy.deepcopy(init)
+    x_pad, mask = bags.padded()
+    t_pad = _pad_like(bags, target) if target is not None else None
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    weights = _class_weights(bags.y, len(bags.classes))
+    model.train()
+    for _ in range(cfg.epochs):
+        order = torch.randperm(bags.n_slides, generator=generator)
+        for start in range(0, bags.n_slides, cfg.batch_slides):
+            idx = order[start : start + cfg.batch_slides]
+            logits, h = model(x_pad[idx], mask[idx])
+            loss = F.cross_entropy(logits, bags.y[idx], weight=weights)
+            if t_pad is not None and aux_weight > 0:
+                m = mask[idx]
+                loss = loss + aux_weight * aux_loss(h[m], t_pad[idx][m])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    model.eval()
+    return model
+
+
+def _class_weights(y: Tensor, n_classes: int) -> Tensor:
+    counts = torch.bincount(y, minlength=n_classes).float().clamp_min(1)
+    return counts.sum() / (n_classes * counts)
+
+
+def _pad_like(bags: Bags, values: Tensor) -> Tensor:
+    if values.shape[0] != bags.x.shape[0]:
+        raise ValueError(f"target has {values.shape[0]} rows, bags have {bags.x.shape[0]} tiles")
+    return bags.with_x(values).padded()[0]
+
+
+@torch.no_grad()
+def predict_proba(model: AdapterMIL, bags: Bags, chunk: int = 256) -> np.ndarray:
+    """Slide class probabilities ``(S, C)``."""
+    model.eval()
+    out = []
+    for start in range(0, bags.n_slides, chunk):
+        part = bags.subset(np.isin(np.arange(bags.n_slides), np.arange(start, start + chunk)))
+        x_pad, mask = part.padded()
+        logits, _ = model(x_pad, mask)
+        out.append(torch.softmax(logits, dim=1))
+    return torch.cat(out).numpy() if out else np.zeros((0, len(bags.classes)))
+
+
+@torch.no_grad()
+def tile_hidden(model: AdapterMIL, x: Tensor, chunk: int = 65536) -> Tensor:
+    """Adapter-layer activations of tile embeddings ``(N, H)``."""
+    model.eval()
+    return torch.cat([model.hidden(x[i : i + chunk]) for i in range(0, x.shape[0], chunk)])
+
+
+@torch.no_grad()
+def slide_hidden(model: AdapterMIL, bags: Bags) -> Tensor:
+    """Per-slide mean of the adapter-layer activations ``(S, H)``."""
+    return bags.slide_means(tile_hidden(model, bags.x))

@@ -1,0 +1,36 @@
+"""Settings of the edit stage (``edit`` section of the run config)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pathosae.downstream.config import DownstreamConfig
+
+
+class EditConfig(BaseModel):
+    """Which edits are measured and how the downstream model is trained."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    specs: list[Path] = Field(
+        default_factory=list, description="Extra edit specs (.json/.yaml) measured beside the defaults."
+    )
+    sae: str | None = Field(None, description="SAE folder under RUN/sae/; null: the only one there.")
+    confounders: list[str] | None = Field(
+        None, description="Columns to edit out; null: cohort.confounders present in the cohort."
+    )
+    flag_alpha: float = Field(0.05, gt=0, lt=1, description="q threshold of units to ablate.")
+    max_flagged_units: int = Field(
+        64, ge=1, description="At most this many flagged units (smallest q first) per edit."
+    )
+    random_draws: int = Field(5, ge=1, description="Random-unit edits of the same size.")
+    modes: list[str] = Field(default_factory=lambda: ["applied", "retrained"])
+    seed: int = 0
+    downstream: DownstreamConfig = Field(default_factory=DownstreamConfig)
+    site_column: str = "site"
+    train_split: str = "train"
+    normal_split: str = Field("val", description="Held-out split with the training correlation.")
+    shifted_split: str = Field("test", description="Split where the label–site link is broken.")
+    leakage_folds: int = Field(5, ge=2)

@@ -1,0 +1,143 @@
+"""The effect table: one row per edit (or baseline) and mode, measured the same way for all.
+
+Modes: ``applied`` (the downstream model trained on unedited embeddings, applied to edited ones)
+and ``retrained`` (a model with the same settings and seed trained on edited embeddings).
+Columns: task AUROC / balanced accuracy overall, per site (JSON) and worst site on the normal and
+the shifted test; site leakage of the edited embeddings (within-class probe, balanced accuracy);
+the fraction of slide predictions that flip against the unedited model of the same mode; the
+collateral cost (drop in normal-test balanced accuracy against no edit, same mode).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from torch import Tensor
+
+from pathosae.downstream import AdapterMIL, DownstreamConfig, predict_proba, site_leakage, task_metrics
+from pathosae.downstream.train import train_downstream
+from pathosae.edit.editor import Editor
+from pathosae.saeception.cycle import Splits
+
+SplitsEdit = Callable[[Splits], Splits]
+MODES = ("applied", "retrained")
+
+
+@dataclass
+class Candidate:
+    """An edit or baseline: a function editing every split, or a reason it is missing."""
+
+    name: str
+    kind: str  # "edit", "baseline" or "random"
+    edit: SplitsEdit | None
+    n_units: int | None = None
+    draw: int | None = None
+    missing_reason: str | None = None
+
+
+def editor_candidate(
+    name: str, kind: str, editor: Editor, metadata_of: Callable[[Splits], Mapping[str, np.ndarray]],
+    draw: int | None = None,
+) -> Candidate:
+    """Fit ``editor`` on the training tiles, then apply it to every split."""
+
+    def edit(splits: Splits) -> Splits:
+        editor.fit(splits.train.x, metadata_of(splits))
+        return _map_x(splits, editor.transform)
+
+    n_units = editor.spec.n_units() if editor.spec.needs_sae else None
+    return Candidate(name, kind, edit, n_units, draw)
+
+
+def combat_candidate(site_column: str = "site") -> Candidate:
+    """ComBat on tile embeddings, fitted on training tiles with the label protected."""
+    from pathosae.confounders.baselines import combat_train_apply
+
+    def edit(splits: Splits) -> Splits:
+        parts = [splits.train, splits.normal, splits.shifted]
+        x = np.concatenate([p.x.numpy() for p in parts])
+        batch = np.concatenate([p.tile_site() for p in parts])
+        label = np.concatenate([p.tile_y().numpy() for p in parts])
+        is_train = np.zeros(len(x), dtype=bool)
+        is_train[: splits.train.x.shape[0]] = True
+        out = combat_train_apply(x, batch, is_train, protect=label).astype(np.float32)
+        bounds = np.cumsum([0] + [p.x.shape[0] for p in parts])
+        new = [p.with_x(Tensor(out[a:b])) for p, a, b in zip(parts, bounds[:-1], bounds[1:], strict=True)]
+        return Splits(*new)
+
+    del site_column
+    return Candidate("combat", "baseline", edit)
+
+
+def missing_candidate(name: str, reason: str) -> Candidate:
+    return Candidate(name, "baseline", None, missing_reason=reason)
+
+
+def _map_x(splits: Splits, fn: Callable[[Tensor], Tensor]) -> Splits:
+    return Splits(*(b.with_x(fn(b.x).float()) for b in (splits.train, splits.normal, splits.shifted)))
+
+
+def effect_table(
+    splits: Splits,
+    candidates: list[Candidate],
+    cfg: DownstreamConfig,
+    seed: int,
+    base_model: AdapterMIL | None = None,
+    modes: tuple[str, ...] = MODES,
+    leakage_folds: int = 5,
+) -> pd.DataFrame:
+    """Evaluate every candidate in every mode; ``no_edit`` rows come first."""
+    base_model = base_model or train_downstream(splits.train, cfg, seed)
+    no_edit = Candidate("no_edit", "baseline", lambda s: s)
+    rows: list[dict[str, object]] = []
+    reference: dict[str, dict[str, object]] = {}
+    reference_pred: dict[str, np.ndarray] = {}
+    for cand in [no_edit, *candidates]:
+        if cand.edit is None:
+            rows += [_missing_row(cand, mode) for mode in modes]
+            continue
+        edited = cand.edit(splits)
+        pooled = edited.pooled_test()
+        leak = site_leakage(
+            pooled.slide_means().numpy(), pooled.site, pooled.y.numpy(), leakage_folds, seed
+        )
+        for mode in modes:
+            model = base_model if mode == "applied" else (
+                base_model if cand is no_edit else train_downstream(edited.train, cfg, seed)
+            )
+            row = _score(cand, mode, model, edited, leak)
+            pred = row.pop("_pred")
+            if cand is no_edit:
+                reference[mode], reference_pred[mode] = row, pred
+            row["flip_rate"] = float(np.mean(pred != reference_pred[mode]))
+            row["collateral_bacc_drop"] = reference[mode]["bacc_normal"] - row["bacc_normal"]
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _score(cand: Candidate, mode: str, model: AdapterMIL, edited: Splits, leak: float) -> dict[str, object]:
+    row: dict[str, object] = {
+        "edit": cand.name, "kind": cand.kind, "mode": mode, "n_units": cand.n_units,
+        "draw": cand.draw, "missing_reason": None, "site_leakage": leak,
+    }
+    preds = []
+    for name, bags in (("normal", edited.normal), ("shifted", edited.shifted)):
+        proba = predict_proba(model, bags)
+        m = task_metrics(bags.y.numpy(), proba, bags.site)
+        row.update({
+            f"auroc_{name}": m["auroc"], f"bacc_{name}": m["bacc"],
+            f"worst_site_bacc_{name}": m["worst_site_bacc"],
+            f"per_site_bacc_{name}": json.dumps(m["per_site_bacc"], sort_keys=True),
+        })
+        preds.append(proba.argmax(1))
+    row["_pred"] = np.concatenate(preds)
+    return row
+
+
+def _missing_row(cand: Candidate, mode: str) -> dict[str, object]:
+    return {"edit": cand.name, "kind": cand.kind, "mode": mode, "n_units": cand.n_units,
+            "draw": cand.draw, "missing_reason": cand.missing_reason}

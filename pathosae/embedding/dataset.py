@@ -1,0 +1,96 @@
+"""Reading tile batches from the slides in DataLoader workers.
+
+One batch never mixes slides, so a slide's features depend only on its own tiles (the same numbers
+whichever other slides are pending). Each worker keeps one open OpenSlide handle per slide it is
+reading; a failure is returned as data so the main process can skip that slide and go on.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import openslide
+import torch
+from torch.utils.data import Dataset
+
+from pathosae.slides import open_slide
+from pathosae.tiling.reader import TileGeometry, read_tile
+
+MAX_OPEN_SLIDES = 4  # per worker; batches arrive slide by slide, so a few handles suffice
+
+
+@dataclass(frozen=True)
+class SlideTiles:
+    """One slide's work: where to read and which tiles."""
+
+    slide_id: str
+    path: str
+    coords: np.ndarray  # (N, 2) int64, level-0 px
+    geometry: TileGeometry
+
+
+@dataclass(frozen=True)
+class BatchKey:
+    slide: int  # index into the dataset's slides
+    start: int
+    stop: int
+
+
+def plan_batches(slides: list[SlideTiles], batch_size: int) -> list[BatchKey]:
+    """Consecutive, slide-aligned batches in slide order."""
+    keys = []
+    for index, slide in enumerate(slides):
+        for start in range(0, len(slide.coords), batch_size):
+            keys.append(BatchKey(index, start, min(start + batch_size, len(slide.coords))))
+    return keys
+
+
+class TileBatchDataset(Dataset):
+    """``dataset[BatchKey]`` -> dict with uint8 ``tiles`` (B, H, W, 3) or an ``error`` message."""
+
+    def __init__(self, slides: list[SlideTiles]) -> None:
+        self.slides = slides
+        self._handles: OrderedDict[str, openslide.OpenSlide] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.slides)
+
+    def __getitem__(self, key: BatchKey) -> dict[str, Any]:
+        slide = self.slides[key.slide]
+        out: dict[str, Any] = {"slide": key.slide, "start": key.start, "stop": key.stop, "error": ""}
+        try:
+            handle = self._handle(slide)
+            tiles = [
+                read_tile(handle, int(x), int(y), slide.geometry)
+                for x, y in slide.coords[key.start : key.stop]
+            ]
+            out["tiles"] = torch.from_numpy(np.stack(tiles))
+        except Exception as exc:
+            out["error"] = f"{type(exc).__name__}: {exc}"
+            out["tiles"] = torch.empty(0, dtype=torch.uint8)
+        return out
+
+    def _handle(self, slide: SlideTiles) -> openslide.OpenSlide:
+        handle = self._handles.get(slide.path)
+        if handle is not None:
+            self._handles.move_to_end(slide.path)
+            return handle
+        handle = open_slide(slide.path, slide.slide_id)
+        self._handles[slide.path] = handle
+        while len(self._handles) > MAX_OPEN_SLIDES:
+            _, oldest = self._handles.popitem(last=False)
+            oldest.close()
+        return handle
+
+    def close(self) -> None:
+        while self._handles:
+            _, handle = self._handles.popitem()
+            handle.close()
+
+
+def worker_init(_worker_id: int) -> None:
+    # Readers decode JPEG tiles; leave the cores' math threads to the model.
+    torch.set_num_threads(1)

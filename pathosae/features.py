@@ -1,0 +1,282 @@
+"""Reading the feature store of a run, and adopting feature folders made by TRIDENT or CLAM.
+
+Stages after embedding go through :class:`FeatureStore`: per-slide loads, a per-tile index with
+the cohort's columns, and ``matrix()``, a memory-mapped float32 matrix of every tile's features
+built once and reused while the per-slide files are unchanged, so no stage needs all features in
+RAM.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from pathosae.embedding.h5files import write_feature_file
+from pathosae.errors import PathosaeError, StageError
+from pathosae.io import atomic_path, read_json, sha256_file, write_json_atomic
+from pathosae.run import RunDir
+
+MATRIX_NAME = "_matrix.npy"
+MATRIX_MANIFEST = "_matrix.json"
+_COHORT_COLUMNS_LEFT_OUT = ("path", "manifest_row")
+_ROWS_PER_COPY = 65_536
+
+
+class FeatureStore:
+    """The per-slide feature files of one encoder (``RUN/features/<encoder>/``)."""
+
+    def __init__(self, run: RunDir, encoder: str) -> None:
+        from pathosae.cohort import load_cohort
+
+        folder = run.require(run.features_dir(encoder), "embed")
+        cohort = load_cohort(run)
+        present = [s for s in cohort["slide_id"].astype(str) if (folder / f"{s}.h5").is_file()]
+        self._init(folder, present, cohort.set_index(cohort["slide_id"].astype(str)))
+        self.missing = [s for s in cohort["slide_id"].astype(str) if s not in set(present)]
+
+    @classmethod
+    def from_folder(cls, folder: str | os.PathLike[str]) -> FeatureStore:
+        """A store over any folder of ``<slide_id>.h5`` files (no run, no cohort columns)."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise PathosaeError(f"feature folder {folder} does not exist. Fix: pass the folder "
+                                "holding the <slide_id>.h5 files.")
+        store = cls.__new__(cls)
+        ids = sorted(p.stem for p in folder.glob("*.h5") if not p.name.startswith("."))
+        store._init(folder, ids, None)
+        store.missing = []
+        return store
+
+    def _init(self, folder: Path, slide_ids: list[str], cohort: pd.DataFrame | None) -> None:
+        if not slide_ids:
+            raise StageError(f"no feature files in {folder}. Fix: run `pathosae embed` (or "
+                             "`pathosae import-features`) first.")
+        self.folder = folder
+        self.slide_ids = list(slide_ids)
+        self._cohort = cohort
+        self._shapes = {s: self._shape(s) for s in self.slide_ids}
+        dims = {shape[1] for shape in self._shapes.values()}
+        if len(dims) != 1:
+            raise StageError(f"feature files in {folder} have different widths {sorted(dims)}. "
+                             "Fix: keep one encoder's features per folder.")
+        self.dim = dims.pop()
+
+    def path(self, slide_id: str) -> Path:
+        return self.folder / f"{slide_id}.h5"
+
+    def _shape(self, slide_id: str) -> tuple[int, int]:
+        try:
+            with h5py.File(self.path(slide_id), "r") as h5:
+                shape = tuple(h5["features"].shape)
+        except (OSError, KeyError) as exc:
+            raise StageError(f"feature file {self.path(slide_id)} is unreadable ({exc}). Fix: "
+                             "delete it and rerun `pathosae embed`.") from None
+        if len(shape) != 2:
+            raise StageError(f"feature file {self.path(slide_id)}: features have shape {shape}, "
+                             "expected (tiles, dim)")
+        return shape  # type: ignore[return-value]
+
+    @property
+    def n_tiles(self) -> int:
+        return sum(shape[0] for shape in self._shapes.values())
+
+    def counts(self) -> dict[str, int]:
+        return {s: self._shapes[s][0] for s in self.slide_ids}
+
+    def load(self, slide_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """(features float32 N x D, coords int64 N x 2) of one slide."""
+        if slide_id not in self._shapes:
+            raise KeyError(f"slide {slide_id!r} has no feature file in {self.folder}")
+        with h5py.File(self.path(slide_id), "r") as h5:
+            feats = np.asarray(h5["features"][:], dtype=np.float32)
+            coords = np.asarray(h5["coords"][:], dtype=np.int64).reshape(-1, 2)
+        return feats, coords
+
+    def attrs(self, slide_id: str) -> dict[str, Any]:
+        from pathosae.embedding.h5files import read_attrs
+
+        return read_attrs(self.path(slide_id))
+
+    def index(self) -> pd.DataFrame:
+        """One row per tile in ``matrix()`` order: slide_id, row, tile, x, y + cohort columns."""
+        frames = []
+        for slide_id in self.slide_ids:
+            with h5py.File(self.path(slide_id), "r") as h5:
+                coords = np.asarray(h5["coords"][:], dtype=np.int64).reshape(-1, 2)
+            frames.append(pd.DataFrame({
+                "slide_id": slide_id, "tile": np.arange(len(coords), dtype=np.int64),
+                "x": coords[:, 0], "y": coords[:, 1],
+            }))
+        index = pd.concat(frames, ignore_index=True)
+        index.insert(1, "row", np.arange(len(index), dtype=np.int64))
+        if self._cohort is not None:
+            extra = self._cohort.drop(columns=[c for c in (*_COHORT_COLUMNS_LEFT_OUT, "slide_id")
+                                               if c in self._cohort.columns])
+            index = index.join(extra, on="slide_id")
+        return index
+
+    def matrix(self) -> np.memmap:
+        """All features, float32, rows in ``index()`` order, memory-mapped from disk.
+
+        Built once into ``_matrix.npy`` (atomically) and reused while the per-slide files are
+        unchanged (same names, sizes and modification times, same order).
+        """
+        target = self.folder / MATRIX_NAME
+        manifest = self.folder / MATRIX_MANIFEST
+        fingerprint = self._fingerprint()
+        if target.is_file() and manifest.is_file():
+            try:
+                if read_json(manifest).get("fingerprint") == fingerprint:
+                    return np.load(target, mmap_mode="r")
+            except (OSError, ValueError):
+                pass
+        manifest.unlink(missing_ok=True)
+        with atomic_path(target) as tmp:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
+                                            shape=(self.n_tiles, self.dim))
+            row = 0
+            for slide_id in self.slide_ids:
+                row = self._copy_into(out, row, slide_id)
+            out.flush()
+            del out
+        write_json_atomic(manifest, {"fingerprint": fingerprint, "slide_ids": self.slide_ids,
+                                     "n_tiles": self.n_tiles, "dim": self.dim})
+        return np.load(target, mmap_mode="r")
+
+    def _copy_into(self, out: np.memmap, row: int, slide_id: str) -> int:
+        with h5py.File(self.path(slide_id), "r") as h5:
+            feats = h5["features"]
+            for start in range(0, feats.shape[0], _ROWS_PER_COPY):
+                block = np.asarray(feats[start : start + _ROWS_PER_COPY], dtype=np.float32)
+                out[row : row + len(block)] = block
+                row += len(block)
+        return row
+
+    def _fingerprint(self) -> str:
+        parts = []
+        for slide_id in self.slide_ids:
+            stat = self.path(slide_id).stat()
+            parts.append([slide_id, stat.st_size, stat.st_mtime_ns])
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+
+
+# ---- import of TRIDENT / CLAM feature folders ---------------------------------------------------
+
+FeatureFormat = Literal["trident", "clam"]
+
+
+def import_features(
+    fmt: FeatureFormat,
+    src_dir: str | os.PathLike[str],
+    run: RunDir,
+    encoder_name: str | None = None,
+) -> dict[str, Any]:
+    """Adopt h5 feature files computed by TRIDENT or CLAM into ``RUN/features/<encoder_name>/``.
+
+    Files are matched to the cohort's slide ids by file stem, checked (2-d ``features``, ``coords``
+    of shape N x 2 with the same N, finite values, one width for all) and copied into this
+    project's layout with attributes recording where they came from. Imported files are kept by
+    ``pathosae embed`` (never recomputed).
+    """
+    from pathosae.cohort import load_cohort
+
+    folder, default_name = locate_feature_folder(fmt, Path(src_dir))
+    name = encoder_name or default_name
+    files = {p.stem: p for p in sorted(folder.glob("*.h5"))}
+    cohort_ids = [str(s) for s in load_cohort(run)["slide_id"]]
+    matched = [s for s in cohort_ids if s in files]
+    if not matched:
+        raise PathosaeError(
+            f"none of the {len(files)} h5 files in {folder} is named after a cohort slide id "
+            f"(e.g. {cohort_ids[0] if cohort_ids else '?'}.h5). Fix: files must be named "
+            "<slide_id>.h5 with the manifest's slide ids."
+        )
+    arrays = {s: read_foreign_file(files[s]) for s in matched}
+    dims = {feats.shape[1] for feats, _ in arrays.values()}
+    if len(dims) != 1:
+        raise PathosaeError(f"files in {folder} have different feature widths {sorted(dims)}. "
+                            "Fix: import one encoder's folder at a time.")
+    for slide_id, (feats, coords) in arrays.items():
+        write_feature_file(
+            run.features_path(name, slide_id), feats, coords,
+            {"encoder": name, "dim": feats.shape[1], "dtype": "float32", "pooling": "unknown",
+             "imported_from": str(files[slide_id]), "import_format": fmt,
+             "settings_hash": sha256_file(files[slide_id])[:16], "slide_id": slide_id},
+        )
+    return {
+        "features": name,
+        "folder": str(folder),
+        "imported": len(matched),
+        "dim": dims.pop(),
+        "not_in_cohort": sorted(set(files) - set(cohort_ids)),
+        "cohort_without_file": [s for s in cohort_ids if s not in files],
+    }
+
+
+def locate_feature_folder(fmt: FeatureFormat, src: Path) -> tuple[Path, str]:
+    """The folder holding the h5 files, and a default feature-set name.
+
+    TRIDENT: ``<job>/<mag>x_<px>px_<overlap>px_overlap/features_<encoder>/<slide>.h5``; the
+    folder itself, or a parent with exactly one ``features_*`` folder below it, is accepted.
+    CLAM: ``<feat_dir>/h5_files/<slide>.h5`` (``pt_files/`` beside it is not needed).
+    """
+    if not src.is_dir():
+        raise PathosaeError(f"{src} is not a folder. Fix: pass the {fmt} feature folder.")
+    if fmt == "clam":
+        folder = src / "h5_files" if (src / "h5_files").is_dir() else src
+        return _require_h5(folder, fmt), "clam"
+    if fmt != "trident":
+        raise PathosaeError(f"unknown format {fmt!r}. Fix: use --format trident or clam.")
+    if src.name.startswith("features_") or any(src.glob("*.h5")):
+        return _require_h5(src, fmt), src.name.removeprefix("features_")
+    candidates = sorted(p for p in src.rglob("features_*") if p.is_dir())
+    if len(candidates) != 1:
+        found = ", ".join(str(c) for c in candidates) or "none"
+        raise PathosaeError(
+            f"{src} holds {len(candidates)} TRIDENT features_<encoder> folders ({found}). "
+            "Fix: pass the one features_<encoder> folder to import."
+        )
+    return _require_h5(candidates[0], fmt), candidates[0].name.removeprefix("features_")
+
+
+def _require_h5(folder: Path, fmt: str) -> Path:
+    if not any(folder.glob("*.h5")):
+        raise PathosaeError(f"no .h5 files in {folder}. Fix: pass the {fmt} folder holding the "
+                            "per-slide feature files.")
+    return folder
+
+
+def read_foreign_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``features`` (N x D, any float dtype -> float32) and ``coords`` (N x 2), validated."""
+    try:
+        with h5py.File(path, "r") as h5:
+            if "features" not in h5 or "coords" not in h5:
+                raise PathosaeError(
+                    f"{path} lacks a 'features' or 'coords' dataset (has {sorted(h5.keys())}). "
+                    "Fix: import TRIDENT/CLAM feature files, not tile-coordinate files."
+                )
+            feats = np.asarray(h5["features"][:], dtype=np.float32)
+            coords = np.asarray(h5["coords"][:])
+    except OSError as exc:
+        raise PathosaeError(f"{path} is not a readable HDF5 file ({exc}). Fix: re-copy it.") from None
+    if feats.ndim == 3 and feats.shape[0] == 1:  # some writers keep a leading batch axis
+        feats = feats[0]
+    if feats.ndim != 2:
+        raise PathosaeError(f"{path}: features have shape {feats.shape}, expected (tiles, dim).")
+    coords = coords.reshape(-1, 2) if coords.size == 2 * len(feats) else coords
+    if coords.shape != (len(feats), 2):
+        raise PathosaeError(f"{path}: coords have shape {coords.shape} but there are "
+                            f"{len(feats)} feature rows. Fix: re-export the file.")
+    bad = ~np.isfinite(feats)
+    if bad.any():
+        row = int(np.argwhere(bad)[0][0])
+        raise PathosaeError(f"{path}: {int(bad.sum())} NaN/inf values (first in tile row {row}). "
+                            "Fix: recompute this slide's features.")
+    return feats, coords.astype(np.int64)

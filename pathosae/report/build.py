@@ -1,0 +1,174 @@
+"""Assemble RUN/report.html from the files the stages wrote (each section reads one stage)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from pathosae.config import PathosaeConfig
+from pathosae.io import write_text_atomic
+from pathosae.report.html import STYLE, esc, how, image_file, missing, table
+from pathosae.run import RunDir
+from pathosae.types import OnError
+
+
+def build_report(run: RunDir) -> Path:
+    state = run.read_state()
+    sections = [
+        _header(run, state),
+        _cohort(run),
+        _sae(run),
+        _confounders(run),
+        _edits(run),
+        _saeception(run),
+    ]
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>pathosae report</title>"
+        f"<style>{STYLE}</style></head><body>{''.join(sections)}</body></html>"
+    )
+    target = run.root / "report.html"
+    write_text_atomic(target, page)
+    return target
+
+
+def run_stage(run: RunDir, cfg: PathosaeConfig, on_error: OnError) -> dict[str, object]:
+    path = build_report(run)
+    return {"report": str(path), "size_kb": round(path.stat().st_size / 1024)}
+
+
+def _header(run: RunDir, state: dict) -> str:
+    rows = [
+        {"stage": name, "status": info.get("status", ""), "duration (s)": info.get("duration_s")}
+        for name, info in state.get("stages", {}).items()
+    ]
+    versions = ", ".join(f"{k} {v}" for k, v in state.get("versions", {}).items())
+    return (
+        f"<h1>pathosae run: {esc(run.root.name)}</h1>"
+        f"<p>Run directory <code>{esc(run.root)}</code>; manifest <code>{esc(state.get('manifest'))}"
+        f"</code> (sha256 {esc(str(state.get('manifest_sha256', ''))[:12])}…).</p>"
+        + (table(pd.DataFrame(rows)) if rows else "")
+        + f"<p class='how'>Versions: {esc(versions)}</p>"
+    )
+
+
+def _cohort(run: RunDir) -> str:
+    out = ["<h2>Cohort and tissue detection</h2>"]
+    if not run.cohort_path.exists():
+        return out[0] + missing("cohort", f"pathosae run --out {run.root} --stages cohort")
+    cohort = pd.read_parquet(run.cohort_path)
+    cfg = json.loads(json.dumps(run.read_state().get("config", {})))
+    label = (cfg.get("cohort") or {}).get("label") or "label"
+    confounders = (cfg.get("cohort") or {}).get("confounders") or []
+    out.append(f"<p>{len(cohort)} slides from {cohort['patient_id'].nunique()} patients.</p>")
+    for column in confounders:
+        if label in cohort and column in cohort:
+            cross = pd.crosstab([cohort["split"], cohort[label]], cohort[column])
+            cross = cross.reset_index()
+            out.append(f"<h3>{esc(label)} × {esc(column)} by split</h3>" + table(cross))
+            out.append(how(f"Rows are split and {label}, columns {column}: a confounded training "
+                           f"split has its {label} values concentrated in a few {column} columns."))
+    out.append(_qc_grid(run, list(cohort["slide_id"])))
+    return "".join(out)
+
+
+def _qc_grid(run: RunDir, slide_ids: list[str], limit: int = 12) -> str:
+    figures = []
+    for slide_id in slide_ids[:limit]:
+        path = run.qc_dir / f"{slide_id}.png"
+        if path.exists():
+            figures.append(f"<figure>{image_file(path, 240)}<figcaption>{esc(slide_id)}"
+                           "</figcaption></figure>")
+    if not figures:
+        return missing("tile", f"pathosae run --out {run.root} --stages tile")
+    return ("<h3>Tissue detection (QC)</h3><div class='grid'>" + "".join(figures) + "</div>"
+            + how("Each thumbnail shows the detected tissue and the kept tile grid; tiles on "
+                  "glass or pen marks mean the tissue thresholds need adjusting."))
+
+
+def _sae(run: RunDir) -> str:
+    out = ["<h2>Sparse autoencoders</h2>"]
+    sae_root = run.root / "sae"
+    metrics = sorted(sae_root.glob("*/metrics.json")) if sae_root.exists() else []
+    if not metrics:
+        return out[0] + missing("sae", f"pathosae sae --run {run.root}")
+    rows = []
+    for path in metrics:
+        flat = _flatten(json.loads(path.read_text()))
+        rows.append({"sae": path.parent.name, **{k: v for k, v in flat.items()
+                                                  if isinstance(v, int | float | str)}})
+    frame = pd.DataFrame(rows)
+    out.append(table(frame.T.reset_index().rename(columns={"index": "metric"}), max_rows=80))
+    out.append(how("FVU is the variance the SAE fails to explain on held-out slides (lower is "
+                   "better); the controls (random-weights encoder, permuted features, a second "
+                   "seed) show how much of the structure is real rather than pareidolia."))
+    out.extend(_pngs(sae_root, "SAE figures"))
+    return "".join(out)
+
+
+def _confounders(run: RunDir) -> str:
+    folder = run.root / "confounders"
+    out = ["<h2>Confounders</h2>"]
+    if not folder.exists():
+        return out[0] + missing("confounders", f"pathosae confounders --run {run.root}")
+    assoc = folder / "associations.parquet"
+    if assoc.exists():
+        frame = pd.read_parquet(assoc)
+        if "q" in frame:
+            significant = frame[frame["q"] < 0.05]
+            out.append(f"<p>{len(significant)} of {len(frame)} unit × variable tests pass "
+                       "FDR 0.05 (Benjamini–Hochberg).</p>")
+            out.append(table(frame.sort_values("q").head(20)))
+            out.append(how("Strongest unit–metadata associations on slide-level activations; "
+                           "q is the BH-adjusted p-value across all units and variables."))
+    leak = folder / "leakage.parquet"
+    if leak.exists():
+        out.append("<h3>Leakage</h3>" + table(pd.read_parquet(leak)))
+        out.append(how("Cross-validated probes predicting each confounder (folds by patient): "
+                       "balanced accuracy well above chance means the information is there, "
+                       "even where no single unit carries it."))
+    out.extend(_pngs(folder, "Confounder figures"))
+    return "".join(out)
+
+
+def _edits(run: RunDir) -> str:
+    path = run.root / "edits" / "effects.parquet"
+    head = "<h2>Edits</h2>"
+    if not path.exists():
+        return head + missing("edit", f"pathosae edit --run {run.root}")
+    return (head + table(pd.read_parquet(path), max_rows=60)
+            + how("One row per edit and baseline: compare shifted-test and worst-site accuracy "
+                  "and the leakage left after each edit against no edit and the random-unit "
+                  "edit.") + "".join(_pngs(path.parent, "Edit figures")))
+
+
+def _saeception(run: RunDir) -> str:
+    path = run.root / "saeception" / "metrics.parquet"
+    head = "<h2>SAE-ception</h2>"
+    if not path.exists():
+        return head + missing("sharpen", f"pathosae sharpen --run {run.root}")
+    frame = pd.read_parquet(path)
+    return (head + table(frame, max_rows=60)
+            + how("One row per cycle, variant and seed: confounder-injected SAE-ception should "
+                  "lower site leakage and raise shifted-test accuracy against plain SAE-ception "
+                  "and the no-aux control.") + "".join(_pngs(path.parent, "SAE-ception figures")))
+
+
+def _pngs(folder: Path, title: str) -> list[str]:
+    images = sorted(folder.glob("*.png")) if folder.exists() else []
+    if not images:
+        return []
+    parts = [f"<h3>{esc(title)}</h3>"]
+    for path in images:
+        parts.append(f"<figure>{image_file(path)}<figcaption>{esc(path.name)}</figcaption></figure>")
+    return parts
+
+
+def _flatten(obj: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(obj, dict):
+        flat: dict[str, object] = {}
+        for key, value in obj.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix.rstrip("."): obj}

@@ -1,0 +1,152 @@
+"""Controls that make a claim about an SAE unit believable.
+
+- Seed stability: Hungarian matching of decoder atoms across two seeds (|cos| after matching).
+- Permutation nulls. Permuting whole rows changes nothing an SAE sees (the set of feature vectors
+  is the same), so the nulls permute each feature dimension independently: this keeps every
+  dimension's marginal distribution and destroys the joint structure that dictionary atoms are
+  supposed to capture.
+  * ``between``: each dimension permuted over all rows. No co-activation structure is left at
+    all; an SAE's FVU here is what sparsity plus marginals alone buy.
+  * ``within``: each dimension permuted among the tiles of the same slide. Slide-level shifts
+    (scanner, site, stain batch, per-slide means) survive, tile-level morphology does not, so a
+    unit that still tracks a confounder here is a slide-level artefact.
+- Concept coverage: for each concept (phenotype, confounder value, label), the best single unit's
+  AUROC and how many units pass 0.9, beside a null where the concept is shuffled (across slides
+  for slide-level concepts, across tiles within slides otherwise). The best of thousands of units
+  is biased upwards; the null says by how much.
+- The random-weights encoder twin is handled by the stage (it needs the run's feature store).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from scipy.stats import rankdata
+from torch import Tensor
+
+AUROC_PASS = 0.9
+
+
+def match_decoders(w_a: Tensor, w_b: Tensor) -> dict[str, float]:
+    """Hungarian matching of two dictionaries' atoms (rows) by absolute cosine similarity."""
+    a = torch.nn.functional.normalize(w_a.detach().double().cpu(), dim=1)
+    b = torch.nn.functional.normalize(w_b.detach().double().cpu(), dim=1)
+    similarity = (a @ b.t()).abs().numpy()
+    rows, cols = linear_sum_assignment(similarity, maximize=True)
+    matched = similarity[rows, cols]
+    return {
+        "n_atoms": len(matched),
+        "mean_cosine": float(matched.mean()),
+        "median_cosine": float(np.median(matched)),
+        "fraction_above_0.9": float((matched > 0.9).mean()),
+        "fraction_above_0.7": float((matched > 0.7).mean()),
+    }
+
+
+def matched_cosines(w_est: Tensor, w_true: Tensor) -> np.ndarray:
+    """For each true atom, |cos| with the estimated atom the Hungarian matching pairs it with."""
+    est = torch.nn.functional.normalize(w_est.detach().double().cpu(), dim=1)
+    true = torch.nn.functional.normalize(w_true.detach().double().cpu(), dim=1)
+    similarity = (true @ est.t()).abs().numpy()
+    rows, cols = linear_sum_assignment(similarity, maximize=True)
+    out = np.zeros(true.shape[0])
+    out[rows] = similarity[rows, cols]
+    return out
+
+
+def permute_per_dimension(
+    x: np.ndarray, seed: int, groups: np.ndarray | None = None
+) -> np.ndarray:
+    """A copy of ``x`` with each column permuted independently (within ``groups`` if given)."""
+    rng = np.random.default_rng(seed)
+    out = np.empty_like(x)
+    if groups is None:
+        for j in range(x.shape[1]):
+            out[:, j] = x[rng.permutation(x.shape[0]), j]
+        return out
+    _, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    members = np.argsort(inverse, kind="stable")
+    bounds = np.flatnonzero(np.diff(inverse[members])) + 1
+    for rows in np.split(members, bounds):
+        block = x[rows]
+        for j in range(x.shape[1]):
+            out[rows, j] = block[rng.permutation(len(rows)), j]
+    return out
+
+
+def unit_aurocs(codes: np.ndarray, positive: np.ndarray, block: int = 1024) -> np.ndarray:
+    """AUROC of every unit (column) as a detector of ``positive`` rows, with tied ranks."""
+    positive = np.asarray(positive, dtype=bool)
+    n_pos = int(positive.sum())
+    n_neg = positive.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return np.full(codes.shape[1], np.nan)
+    out = np.empty(codes.shape[1])
+    for start in range(0, codes.shape[1], block):
+        ranks = rankdata(codes[:, start : start + block], axis=0)
+        out[start : start + block] = (ranks[positive].sum(0) - n_pos * (n_pos + 1) / 2) / (
+            n_pos * n_neg
+        )
+    return out
+
+
+def _shuffled_concept(positive: np.ndarray, groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Shuffle across groups when the concept is constant within each group, else within."""
+    positive = np.asarray(positive, dtype=bool)
+    frame_groups, inverse = np.unique(groups, return_inverse=True)
+    per_group_any = np.bincount(inverse, weights=positive, minlength=len(frame_groups))
+    sizes = np.bincount(inverse, minlength=len(frame_groups))
+    if np.all((per_group_any == 0) | (per_group_any == sizes)):
+        group_value = per_group_any > 0
+        return rng.permutation(group_value)[inverse]
+    out = positive.copy()
+    for g in range(len(frame_groups)):
+        rows = np.flatnonzero(inverse == g)
+        out[rows] = positive[rng.permutation(rows)]
+    return out
+
+
+def concept_coverage(
+    codes: np.ndarray,
+    concepts: dict[str, np.ndarray],
+    groups: np.ndarray | None = None,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """Best unit's AUROC per concept, the count of units above 0.9, and a shuffled null."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, dict[str, Any]] = {}
+    for name, positive in concepts.items():
+        aurocs = unit_aurocs(codes, positive)
+        if np.all(np.isnan(aurocs)):
+            out[name] = {"status": "skipped", "reason": "concept is constant on these rows"}
+            continue
+        entry: dict[str, Any] = {
+            "n_positive": int(np.sum(positive)),
+            "best_unit": int(np.nanargmax(aurocs)),
+            "best_auroc": float(np.nanmax(aurocs)),
+            "n_units_above_0.9": int(np.sum(aurocs > AUROC_PASS)),
+        }
+        if groups is not None:
+            null = unit_aurocs(codes, _shuffled_concept(positive, groups, rng))
+            entry["null_best_auroc"] = float(np.nanmax(null))
+            entry["null_n_units_above_0.9"] = int(np.sum(null > AUROC_PASS))
+        out[name] = entry
+    return out
+
+
+def concepts_from_metadata(index: Any, columns: list[str], max_levels: int = 20) -> dict[str, np.ndarray]:
+    """One-vs-rest binary concepts ``column=value`` from categorical metadata columns."""
+    concepts: dict[str, np.ndarray] = {}
+    for column in columns:
+        if column not in index.columns:
+            continue
+        values = index[column].astype("string").fillna("<missing>").to_numpy()
+        levels = np.unique(values)
+        if len(levels) < 2 or len(levels) > max_levels:
+            continue
+        for level in levels:
+            concepts[f"{column}={level}"] = values == level
+    return concepts

@@ -1,0 +1,279 @@
+"""Tensor-first SAE training: ``train_sae(x, cfg) -> SAE`` on any float matrix or memmap.
+
+Practice (see the project's ANCHORS): inputs scaled so E||x|| = sqrt(d) and the scale folded
+back into the weights at the end; decoder bias at the geometric median; encoder initialised as
+the decoder's transpose; unit-norm decoder atoms with the parallel gradient removed; AuxK on dead
+latents; Adam with linear warm-up, constant, then linear decay to zero. The loop only sums the
+dict of named losses the model returns.
+
+Rows are drawn as shuffled minibatches from a fresh permutation each epoch; a memmap is read one
+batch at a time (sorted row indices), so the matrix never has to fit in RAM.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pathosae.config import SAEConfig
+from pathosae.errors import PathosaeError
+from pathosae.sae.base import SAE, TrainingOptions
+from pathosae.sae.registry import get_architecture
+
+ArrayLike = Tensor | np.ndarray  # np.memmap and RowView are accepted wherever this is
+
+
+class RowView:
+    """Selected rows of a matrix or memmap, read lazily (e.g. the train split of a feature store).
+
+    Supports what training and evaluation need: ``shape``, ``ndim``, ``dtype`` and indexing by a
+    sorted index array or a slice.
+    """
+
+    def __init__(self, base: np.ndarray, rows: np.ndarray) -> None:
+        self.base = base
+        self.row_ids = np.sort(np.asarray(rows, dtype=np.int64))  # sorted: sequential reads
+        self.shape = (len(self.row_ids), *base.shape[1:])
+        self.ndim = base.ndim
+        self.dtype = base.dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, item: np.ndarray | slice) -> np.ndarray:
+        return self.base[self.row_ids[item]]
+
+
+class RowSource:
+    """Row access to a 2-D float matrix held as a tensor, an array, a memmap or a RowView."""
+
+    def __init__(self, x: ArrayLike, name: str = "features") -> None:
+        if x.ndim != 2:
+            raise PathosaeError(
+                f"{name} must be a 2-D (samples × dims) matrix, got shape {tuple(x.shape)}. "
+                "Fix: reshape or stack the features into rows."
+            )
+        if x.shape[0] < 2 or x.shape[1] < 1:
+            raise PathosaeError(f"{name} has shape {tuple(x.shape)}: need at least 2 rows.")
+        kind = x.dtype.is_floating_point if isinstance(x, Tensor) else np.issubdtype(
+            x.dtype, np.floating
+        )
+        if not kind:
+            raise PathosaeError(
+                f"{name} has dtype {x.dtype}; SAEs train on floating-point features. "
+                "Fix: cast to float32."
+            )
+        self.x = x
+        self.name = name
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.x.shape[1])
+
+    def rows(self, indices: np.ndarray) -> Tensor:
+        """float32 rows at ``indices`` (read in sorted order, returned in the given order)."""
+        if isinstance(self.x, Tensor):
+            batch = self.x[torch.as_tensor(indices, device=self.x.device)].float()
+        else:
+            batch = torch.from_numpy(np.ascontiguousarray(self.x[indices], dtype=np.float32))
+        if not bool(torch.isfinite(batch).all()):
+            bad = indices[~torch.isfinite(batch).all(dim=1).cpu().numpy()]
+            raise PathosaeError(
+                f"{self.name} holds NaN or infinite values (rows {bad[:5].tolist()}...). "
+                "Fix: drop or recompute those rows before training."
+            )
+        return batch
+
+    def sample(self, n: int, seed: int) -> Tensor:
+        n = min(n, len(self))
+        rng = np.random.default_rng(seed)
+        return self.rows(np.sort(rng.choice(len(self), size=n, replace=False)))
+
+
+def batch_indices(n_rows: int, batch_size: int, n_steps: int, seed: int) -> Iterator[np.ndarray]:
+    """Sorted row indices of each minibatch: a new permutation every epoch, batches that
+    straddle an epoch boundary are completed from the next permutation."""
+    rng = np.random.default_rng(seed)
+    pending = np.empty(0, dtype=np.int64)
+    for _ in range(n_steps):
+        while pending.size < batch_size:
+            pending = np.concatenate([pending, rng.permutation(n_rows)])
+        batch, pending = pending[:batch_size], pending[batch_size:]
+        yield np.sort(batch)
+
+
+def n_steps_for(cfg: SAEConfig) -> int:
+    return max(1, math.ceil(cfg.n_samples / cfg.batch_size))
+
+
+def default_lr(d_sae: int) -> float:
+    """2e-4 / sqrt(d_sae / 2^14), the scaling law reported for TopK SAEs."""
+    return 2e-4 / math.sqrt(d_sae / 2**14)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PathosaeError(f"sae.device is {name!r} but CUDA is not available. Fix: use 'auto'.")
+    return device
+
+
+@torch.no_grad()
+def geometric_median(points: Tensor, max_iter: int = 200, tol: float = 1e-7) -> Tensor:
+    """Weiszfeld's algorithm: the point minimising the summed Euclidean distance."""
+    points = points.double()
+    median = points.mean(0)
+    for _ in range(max_iter):
+        weights = 1.0 / (points - median).norm(dim=1).clamp_min(1e-12)
+        updated = (weights[:, None] * points).sum(0) / weights.sum()
+        shift = (updated - median).norm()
+        median = updated
+        if shift <= tol * median.norm().clamp_min(1.0):
+            break
+    return median.float()
+
+
+def input_scale(sample: Tensor) -> float:
+    """Factor s with E||s·x|| = sqrt(d)."""
+    mean_norm = float(sample.norm(dim=1).mean())
+    if mean_norm <= 0:
+        raise PathosaeError("features are all zero; an SAE cannot be trained on them.")
+    return math.sqrt(sample.shape[1]) / mean_norm
+
+
+def build_model(d_in: int, cfg: SAEConfig, architecture: str | None = None) -> SAE:
+    """An untrained SAE of the configured architecture and width."""
+    name = architecture or cfg.architecture
+    cls = get_architecture(name)
+    d_sae = cfg.d_sae or cfg.expansion * d_in
+    options: dict[str, Any] = {
+        "topk": {"k": cfg.k},
+        "batchtopk": {"k": cfg.k},
+        "matryoshka": {"k": cfg.k, "prefixes": cfg.matryoshka_prefixes or None},
+        "relu": {"l1_coefficient": cfg.l1_coefficient},
+        "jumprelu": {
+            "l0_coefficient": cfg.l0_coefficient,
+            "bandwidth": cfg.jumprelu_bandwidth,
+            "threshold_init": cfg.jumprelu_threshold,
+        },
+    }.get(name, {})
+    if "k" in options and options["k"] > d_sae:
+        raise PathosaeError(f"sae.k={cfg.k} exceeds d_sae={d_sae}. Fix: lower k or widen the SAE.")
+    return cls(d_in=d_in, d_sae=d_sae, **options)
+
+
+def lr_lambda(n_steps: int, warmup_fraction: float, decay_fraction: float) -> Callable[[int], float]:
+    warmup = max(1, round(n_steps * warmup_fraction)) if warmup_fraction > 0 else 0
+    decay = round(n_steps * decay_fraction)
+    decay_start = n_steps - decay
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if decay and step >= decay_start:
+            return max(0.0, (n_steps - step) / decay)
+        return 1.0
+
+    return factor
+
+
+def make_optimizer(params: Iterable[Tensor], lr: float) -> torch.optim.Optimizer:
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError):  # fused Adam missing for this device/build
+        return torch.optim.Adam(params, lr=lr)
+
+
+def train_sae(
+    x: ArrayLike,
+    cfg: SAEConfig | None = None,
+    *,
+    architecture: str | None = None,
+    seed: int | None = None,
+    batches: Iterable[np.ndarray] | None = None,
+    progress: Callable[[int, int, dict[str, float]], None] | None = None,
+) -> SAE:
+    """Train an SAE on the rows of ``x`` (tensor, array or memmap) and return it in eval mode.
+
+    ``batches`` overrides the row order (sorted index arrays, one per step), e.g. to feed several
+    implementations the same minibatches; otherwise ``batch_indices`` with the config's seed.
+    The returned model takes unscaled inputs; ``sae.training_log`` records what happened.
+    """
+    cfg = cfg or SAEConfig()
+    seed = cfg.seed if seed is None else seed
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    source = RowSource(x)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(seed)
+    sae = build_model(source.dim, cfg, architecture)
+    sae.reset_parameters(torch.Generator().manual_seed(seed))
+    sae.train_opts = TrainingOptions(
+        dead_window=cfg.dead_window,
+        aux_k=cfg.aux_k,
+        aux_coefficient=cfg.aux_coefficient,
+        redundancy_coefficient=cfg.redundancy_coefficient,
+    )
+    init = source.sample(cfg.init_samples, seed)
+    scale = input_scale(init) if cfg.scale_inputs else 1.0
+    with torch.no_grad():
+        sae.b_dec.copy_(geometric_median(init * scale))
+    sae.to(device).train()
+
+    n_steps = n_steps_for(cfg)
+    optimizer = make_optimizer(sae.parameters(), cfg.lr or default_lr(sae.d_sae))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(n_steps, cfg.warmup_fraction, cfg.decay_fraction)
+    )
+    order = batches if batches is not None else batch_indices(
+        len(source), cfg.batch_size, n_steps, seed
+    )
+    started = time.perf_counter()
+    samples = steps = 0
+    last: dict[str, float] = {}
+    for indices in order:
+        batch = source.rows(indices).to(device, non_blocking=True).mul_(scale)
+        losses = sae.losses(batch)
+        loss = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        sae.remove_parallel_decoder_grad()
+        optimizer.step()
+        schedule.step()
+        sae.normalize_decoder()
+        samples += batch.shape[0]
+        steps += 1
+        if progress is not None or steps == n_steps:
+            last = {name: float(value.detach()) for name, value in losses.items()}
+            if progress is not None:
+                progress(steps, n_steps, last)
+    elapsed = time.perf_counter() - started
+    sae.fold_input_scale(scale)
+    sae.eval()
+    sae.training_log = {
+        "architecture": sae.architecture,
+        "steps": steps,
+        "samples": samples,
+        "seconds": round(elapsed, 3),
+        "samples_per_s": round(samples / max(elapsed, 1e-9), 1),
+        "input_scale": scale,
+        "lr": cfg.lr or default_lr(sae.d_sae),
+        "final_losses": last,
+        "dead_fraction_train": float(sae.dead_mask().float().mean()),
+        "seed": seed,
+        "device": str(device),
+    }
+    return sae

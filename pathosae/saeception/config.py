@@ -1,0 +1,63 @@
+"""Settings of the SAE-ception stage (``saeception`` section of the run config)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pathosae.downstream.config import DownstreamConfig
+
+Variant = Literal["no_aux", "random_target", "plain", "injected"]
+VARIANTS: tuple[Variant, ...] = ("no_aux", "random_target", "plain", "injected")
+
+
+class SAECeptionConfig(BaseModel):
+    """SAE-ception cycles, confounder injection and controls."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    cycles: int = Field(3, ge=1, description="SAE-ception cycles after the base model.")
+    variants: list[Variant] = Field(
+        default_factory=lambda: list(VARIANTS),
+        description="no_aux (same training, no auxiliary loss), random_target (random unit "
+        "vectors), plain (SAE-ception), injected (SAE-ception with confounder injection).",
+    )
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    n_top: int = Field(25, ge=1, description="Units kept per class in the target (top-N).")
+    aux_weight: float = Field(0.5, ge=0, description="λ of the auxiliary loss.")
+    aux_loss: Literal["cosine", "mse"] = Field("cosine", description="1 − cos(h, target) or MSE.")
+    cycle_epochs: int = Field(20, ge=1, description="Training epochs of each cycle's model.")
+    warm_start: bool = Field(True, description="Each cycle fine-tunes the previous model.")
+    downstream: DownstreamConfig = Field(default_factory=DownstreamConfig)
+
+    # The cycle's SAE (pathosae.sae.train_sae).
+    sae_architecture: Literal["topk", "relu"] = "topk"
+    sae_expansion: int = Field(4, ge=1, description="d_sae = expansion × adapter width.")
+    sae_k: int = Field(8, ge=1, description="TopK active units.")
+    sae_samples: int = Field(100_000, ge=1, description="Samples seen by each cycle's SAE.")
+    sae_overrides: dict[str, Any] = Field(
+        default_factory=dict, description="Further SAEConfig fields for the cycle SAEs."
+    )
+
+    # Confounder injection.
+    confounders: list[str] | None = Field(
+        None, description="Columns the injection removes; null: the site column plus "
+        "cohort.confounders present in the cohort.",
+    )
+    inject_flagged: bool = Field(True, description="Never keep scan-flagged units.")
+    inject_directions: bool = Field(True, description="Project confounder directions out.")
+    inject_site_balanced: bool = Field(True, description="Top-N from site-balanced class means.")
+    flag_alpha: float = Field(0.05, gt=0, lt=1, description="BH q threshold of flagged units.")
+    direction_method: Literal["class_site_means", "leace"] = "class_site_means"
+    min_cell_tiles: int = Field(
+        20, ge=1, description="Tiles a class-and-site cell needs to count in balanced means."
+    )
+
+    # Data and evaluation.
+    site_column: str = "site"
+    train_split: str = "train"
+    normal_split: str = Field("val", description="Held-out split with the training correlation.")
+    shifted_split: str = Field("test", description="Split where the label–site link is broken.")
+    eval_max_tiles: int = Field(3000, ge=10, description="Tiles sampled for clustering metrics.")
+    leakage_folds: int = Field(5, ge=2)

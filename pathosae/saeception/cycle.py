@@ -1,0 +1,188 @@
+"""The SAE-ception loop: per cycle a fresh SAE on the frozen model's adapter layer, a sharpened
+target, and the next model trained with task loss + λ·aux(h, target). Controls run the same loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from pathosae.downstream import AdapterMIL, Bags, predict_proba, site_leakage, task_metrics
+from pathosae.downstream.bags import concat_bags
+from pathosae.downstream.train import cosine_aux, mse_aux, slide_hidden, tile_hidden, train_downstream
+from pathosae.saeception.config import SAECeptionConfig, Variant
+from pathosae.saeception.confounding import confounder_eraser, flag_confounded_units
+from pathosae.saeception.metrics import clustering_metrics, monosemanticity
+from pathosae.saeception.targets import class_means, random_unit_targets, sharpened_targets, top_units
+
+
+@dataclass
+class Splits:
+    """Training slides, a held-out split with the training correlation and a shifted one."""
+
+    train: Bags
+    normal: Bags
+    shifted: Bags
+
+    def pooled_test(self) -> Bags:
+        return concat_bags([self.normal, self.shifted])
+
+
+@dataclass
+class CycleResult:
+    """One cycle of one variant and seed: its metrics row and what produced it."""
+
+    row: dict[str, object]
+    model: AdapterMIL
+    sae: torch.nn.Module
+    info: dict[str, object] = field(default_factory=dict)
+
+
+def fit_cycle_sae(h: Tensor, cfg: SAECeptionConfig, seed: int) -> torch.nn.Module:
+    """A fresh SAE on adapter activations through pathosae.sae's training loop."""
+    from pathosae.config import SAEConfig
+    from pathosae.sae import train_sae
+
+    settings = {
+        "architecture": cfg.sae_architecture,
+        "d_sae": cfg.sae_expansion * h.shape[1],
+        "k": cfg.sae_k,
+        "n_samples": cfg.sae_samples,
+        "batch_size": min(1024, h.shape[0]),
+        "init_samples": min(16_384, h.shape[0]),
+        "seed": seed,
+        "device": "cpu",
+        **cfg.sae_overrides,
+    }
+    return train_sae(h, SAEConfig(**settings), architecture=cfg.sae_architecture)
+
+
+def confounder_columns(bags: Bags, cfg: SAECeptionConfig) -> list[str]:
+    names = cfg.confounders if cfg.confounders is not None else [cfg.site_column, *bags.meta]
+    return list(dict.fromkeys(names))
+
+
+def slide_metadata(bags: Bags, cfg: SAECeptionConfig) -> pd.DataFrame:
+    frame = {"label": np.array(bags.classes)[bags.y.numpy()], cfg.site_column: bags.site}
+    frame.update({k: v for k, v in bags.meta.items() if k != cfg.site_column})
+    return pd.DataFrame(frame)
+
+
+def build_target(
+    variant: Variant, model: AdapterMIL, sae: torch.nn.Module, train: Bags, cfg: SAECeptionConfig,
+    seed: int,
+) -> tuple[Tensor | None, dict[str, object]]:
+    """The adapter-layer target of one variant (None for no_aux) and what went into it."""
+    h = tile_hidden(model, train.x)
+    if variant == "no_aux":
+        return None, {}
+    if variant == "random_target":
+        return random_unit_targets(h.shape[0], h.shape[1], seed), {}
+    from pathosae.sae.metrics import encode_rows
+
+    codes = encode_rows(sae, h)
+    labels = train.tile_y()
+    injected = variant == "injected"
+    exclude, erase, info = None, None, {}
+    if injected and cfg.inject_flagged:
+        columns = [c for c in confounder_columns(train, cfg) if c in slide_metadata(train, cfg)]
+        exclude = flag_confounded_units(
+            codes, train.slide, slide_metadata(train, cfg), columns, "label", cfg.flag_alpha
+        )
+        info["n_flagged"] = int(exclude.sum())
+    sites = train.tile_site() if injected and cfg.inject_site_balanced else None
+    means = class_means(codes, labels, len(train.classes), sites, cfg.min_cell_tiles)
+    keep = top_units(means, cfg.n_top, exclude)
+    info["n_kept"] = int(keep.any(0).sum())
+    if injected and cfg.inject_directions:
+        erase = confounder_eraser(h, labels.numpy(), train.tile_site(), cfg.direction_method)
+    decode = sae.decode
+    return sharpened_targets(codes, labels, keep, decode, erase), info
+
+
+def evaluate_cycle(
+    model: AdapterMIL, sae: torch.nn.Module, splits: Splits, cfg: SAECeptionConfig, seed: int
+) -> dict[str, object]:
+    """Task metrics, adapter-layer site leakage and the SAE codes' class structure."""
+    from pathosae.sae.metrics import encode_rows, evaluate_sae
+
+    row: dict[str, object] = {}
+    for name, bags in (("normal", splits.normal), ("shifted", splits.shifted)):
+        m = task_metrics(bags.y.numpy(), predict_proba(model, bags), bags.site)
+        row.update({f"auroc_{name}": m["auroc"], f"bacc_{name}": m["bacc"],
+                    f"worst_site_bacc_{name}": m["worst_site_bacc"]})
+    pooled = splits.pooled_test()
+    row["site_leakage"] = site_leakage(
+        slide_hidden(model, pooled).numpy(), pooled.site, pooled.y.numpy(), cfg.leakage_folds, seed
+    )
+    h = tile_hidden(model, pooled.x)
+    quality = evaluate_sae(sae, h)
+    row.update({"sae_fvu": quality["fvu"], "sae_l0": quality["l0"], "sae_dead": quality["dead_fraction"]})
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(h.shape[0], size=min(cfg.eval_max_tiles, h.shape[0]), replace=False))
+    codes = encode_rows(sae, h[torch.from_numpy(pick)]).numpy()
+    labels = pooled.tile_y().numpy()[pick]
+    row.update(clustering_metrics(codes, labels, seed))
+    row["monosemanticity"] = float(np.nanmean(monosemanticity(codes, labels)))
+    return row
+
+
+def run_variant(
+    splits: Splits,
+    cfg: SAECeptionConfig,
+    variant: Variant,
+    seed: int,
+    base: Base,
+    on_cycle: Callable[[int, CycleResult], None] | None = None,
+) -> list[CycleResult]:
+    """Cycles 0..C of one variant: cycle 0 is the shared base model (task loss only)."""
+    model, sae, base_row = base
+    results = [CycleResult({"variant": variant, "seed": seed, "cycle": 0, **base_row}, model, sae)]
+    if on_cycle is not None:
+        on_cycle(0, results[0])
+    train_cfg = cfg.downstream.model_copy(update={"epochs": cfg.cycle_epochs})
+    aux = cosine_aux if cfg.aux_loss == "cosine" else mse_aux
+    for k in range(1, cfg.cycles + 1):
+        cycle_seed = seed * 1000 + k
+        target, info = build_target(variant, model, sae, splits.train, cfg, cycle_seed)
+        model = train_downstream(
+            splits.train, train_cfg, cycle_seed, init=model if cfg.warm_start else None,
+            target=target, aux_weight=cfg.aux_weight if target is not None else 0.0, aux_loss=aux,
+        )
+        sae = fit_cycle_sae(tile_hidden(model, splits.train.x), cfg, cycle_seed)
+        metrics = evaluate_cycle(model, sae, splits, cfg, seed)
+        row = {"variant": variant, "seed": seed, "cycle": k, **metrics, **info}
+        results.append(CycleResult(row, model, sae, info))
+        if on_cycle is not None:
+            on_cycle(k, results[-1])
+    return results
+
+
+Base = tuple[AdapterMIL, torch.nn.Module, dict[str, object]]
+
+
+def base_model(splits: Splits, cfg: SAECeptionConfig, seed: int) -> Base:
+    """Cycle 0: the model trained with the task loss only, its SAE and metrics."""
+    model = train_downstream(splits.train, cfg.downstream, seed)
+    sae = fit_cycle_sae(tile_hidden(model, splits.train.x), cfg, seed * 1000)
+    return model, sae, evaluate_cycle(model, sae, splits, cfg, seed)
+
+
+def run_saeception(
+    splits: Splits,
+    cfg: SAECeptionConfig,
+    on_cycle: Callable[[str, int, int, CycleResult], None] | None = None,
+) -> pd.DataFrame:
+    """All variants × seeds × cycles; one metrics row each."""
+    rows = []
+    for seed in cfg.seeds:
+        base = base_model(splits, cfg, seed)
+        for variant in cfg.variants:
+            hook = None if on_cycle is None else (lambda k, r, v=variant, s=seed: on_cycle(v, s, k, r))
+            rows += [r.row for r in run_variant(splits, cfg, variant, seed, base, hook)]
+    return pd.DataFrame(rows)

@@ -1,0 +1,107 @@
+"""The SAE-ception stage: variants × seeds × cycles on the run's features.
+
+Writes RUN/saeception/cycle_<k>/<variant>_seed<s>/ (model.safetensors, the cycle's SAE and
+info.json), RUN/saeception/metrics.parquet (one row per cycle, variant and seed),
+RUN/saeception/metrics.png and summary.json. Finished (variant, seed) runs are kept in
+RUN/saeception/parts/ so a killed stage resumes; the whole stage is skipped when the settings
+and inputs are unchanged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from safetensors.torch import save_file
+
+from pathosae.config import PathosaeConfig
+from pathosae.io import atomic_path, read_json, settings_hash, write_json_atomic, write_parquet_atomic
+from pathosae.run import RunDir
+from pathosae.saeception.config import SAECeptionConfig
+from pathosae.saeception.cycle import CycleResult, Splits, base_model, run_variant
+from pathosae.saeception.plots import plot_metrics
+from pathosae.types import OnError
+
+
+def saeception_config(cfg: PathosaeConfig) -> SAECeptionConfig:
+    section = getattr(cfg, "saeception", None)
+    return section if isinstance(section, SAECeptionConfig) else SAECeptionConfig()
+
+
+def run_stage(run: RunDir, cfg: PathosaeConfig, on_error: OnError) -> dict[str, Any]:
+    from pathosae.confounders.stage import input_fingerprint, select_sae_dir
+    from pathosae.downstream.runs import load_run_bags
+    from pathosae.features import FeatureStore
+
+    del on_error
+    scfg = saeception_config(cfg)
+    store = FeatureStore(run, cfg.embedding.encoder)
+    try:
+        inputs = input_fingerprint(run, cfg.embedding.encoder, select_sae_dir(run, None), store.slide_ids)
+    except Exception:
+        inputs = settings_hash([store.slide_ids, [str(run.features_path(cfg.embedding.encoder, s))
+                                                  for s in store.slide_ids], store.n_tiles])
+    key = settings_hash({"saeception": scfg.model_dump(mode="json"), "label": cfg.cohort.label,
+                         "inputs": inputs})
+    out_dir = run.root / "saeception"
+    summary_path = out_dir / "summary.json"
+    if summary_path.exists() and (out_dir / "metrics.parquet").exists():
+        previous = read_json(summary_path)
+        if previous.get("settings_hash") == key:
+            return {**previous, "skipped": True}
+    bags = load_run_bags(run, cfg, scfg.site_column, scfg.downstream.max_tiles_per_slide, scfg.seeds[0],
+                         scfg.confounders)
+    splits = Splits(bags.split_of(scfg.train_split), bags.split_of(scfg.normal_split),
+                    bags.split_of(scfg.shifted_split))
+    metrics = run_all(splits, scfg, out_dir, key)
+    metrics.insert(0, "settings_hash", key)
+    write_parquet_atomic(out_dir / "metrics.parquet", metrics)
+    with atomic_path(out_dir / "metrics.png") as tmp:
+        plot_metrics(metrics, tmp)
+    summary = {"settings_hash": key, "n_rows": len(metrics), **headline(metrics, scfg.cycles)}
+    write_json_atomic(summary_path, summary)
+    return summary
+
+
+def run_all(splits: Splits, scfg: SAECeptionConfig, out_dir: Path, key: str) -> pd.DataFrame:
+    """Every (variant, seed), reusing finished parts written with the same settings hash."""
+    frames = []
+    for seed in scfg.seeds:
+        base = None
+        for variant in scfg.variants:
+            part = out_dir / "parts" / f"{variant}_seed{seed}.parquet"
+            if part.exists():
+                frame = pd.read_parquet(part)
+                if frame.get("part_hash", pd.Series([None])).iloc[0] == key:
+                    frames.append(frame.drop(columns="part_hash"))
+                    continue
+            base = base or base_model(splits, scfg, seed)
+            results = run_variant(
+                splits, scfg, variant, seed, base,
+                lambda k, r, v=variant, s=seed: save_cycle(out_dir, v, s, k, r),
+            )
+            frame = pd.DataFrame([r.row for r in results])
+            write_parquet_atomic(part, frame.assign(part_hash=key))
+            frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def save_cycle(out_dir: Path, variant: str, seed: int, cycle: int, result: CycleResult) -> None:
+    from pathosae.sae import save_sae
+
+    folder = out_dir / f"cycle_{cycle}" / f"{variant}_seed{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous() for k, v in result.model.state_dict().items()}
+    with atomic_path(folder / "model.safetensors") as tmp:
+        save_file(tensors, str(tmp))
+    save_sae(result.sae, folder / "sae")
+    write_json_atomic(folder / "info.json", {**result.info, **result.row})
+
+
+def headline(metrics: pd.DataFrame, cycles: int) -> dict[str, Any]:
+    """Mean over seeds of the last cycle, per variant."""
+    last = metrics[metrics["cycle"] == cycles]
+    cols = ["bacc_normal", "bacc_shifted", "worst_site_bacc_shifted", "site_leakage"]
+    means = last.groupby("variant")[cols].mean().round(4)
+    return {"last_cycle": {v: row.to_dict() for v, row in means.iterrows()}}

@@ -1,0 +1,137 @@
+"""Edit operations: algebra, kept reconstruction error, composition, specs, random baseline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pathosae.edit import (
+    Editor,
+    EditSpec,
+    ablate_units,
+    apply_code_edit,
+    clamp_units,
+    project_code,
+    project_out,
+    scale_units,
+)
+from pathosae.edit.spec import Ablate, Clamp, Leace, ProjectOut, RandomUnits, Scale
+from pathosae.errors import ConfigError, StageError
+
+
+class TinySAE:
+    """A ReLU SAE with fixed random weights (encode/decode is all an edit needs)."""
+
+    def __init__(self, d_in: int = 6, d_sae: int = 12, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.w_enc = torch.randn(d_sae, d_in, generator=g)
+        self.b_enc = torch.randn(d_sae, generator=g) * 0.1
+        self.w_dec = torch.randn(d_sae, d_in, generator=g)
+        self.b_dec = torch.randn(d_in, generator=g)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu((x - self.b_dec) @ self.w_enc.T + self.b_enc)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return z @ self.w_dec + self.b_dec
+
+
+@pytest.fixture
+def data() -> tuple[TinySAE, torch.Tensor]:
+    return TinySAE(), torch.randn(50, 6, generator=torch.Generator().manual_seed(1))
+
+
+def test_code_ops_algebra() -> None:
+    z = torch.arange(12.0).reshape(3, 4) + 1
+    assert torch.equal(ablate_units(z, [1, 3])[:, [1, 3]], torch.zeros(3, 2))
+    assert torch.equal(ablate_units(z, [1, 3])[:, [0, 2]], z[:, [0, 2]])
+    assert torch.allclose(scale_units(z, [2], 3.0)[:, 2], 3 * z[:, 2])
+    assert torch.equal(scale_units(z, [2], 3.0)[:, :2], z[:, :2])
+    assert torch.equal(clamp_units(z, [0], 7.0)[:, 0], torch.full((3,), 7.0))
+    d = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    p = project_code(z, d)
+    assert torch.allclose(p @ d, torch.zeros(3), atol=1e-5)
+    assert torch.allclose(project_code(p, d), p, atol=1e-5)  # a projection is idempotent
+    assert torch.allclose(p[:, 2:], z[:, 2:])
+    with pytest.raises(ValueError, match="unit ids"):
+        ablate_units(z, [4])
+
+
+def test_project_out_removes_only_the_direction() -> None:
+    x = torch.randn(20, 5)
+    d = torch.tensor([[0.0, 3.0, 4.0, 0.0, 0.0]])
+    out = project_out(x, d)
+    assert torch.allclose(out @ d[0], torch.zeros(20), atol=1e-4)
+    assert torch.allclose(out[:, [0, 3, 4]], x[:, [0, 3, 4]])
+
+
+def test_reconstruction_error_is_kept(data) -> None:
+    sae, x = data
+    edited = apply_code_edit(x, sae, [lambda z: ablate_units(z, [0, 5, 7])])
+    z = sae.encode(x)
+    z2 = ablate_units(z, [0, 5, 7])
+    error_before = x - sae.decode(z)
+    error_after = edited - sae.decode(z2)
+    assert torch.allclose(error_before, error_after, atol=1e-5)
+    assert not torch.allclose(edited, x)  # the edit did change something
+    assert torch.allclose(apply_code_edit(x, sae, []), x, atol=1e-4)  # no op, no change
+
+
+def test_composition_groups_code_ops(data) -> None:
+    sae, x = data
+    two = EditSpec(name="two", ops=[Ablate(units=[1, 2]), Ablate(units=[3])])
+    one = EditSpec(name="one", ops=[Ablate(units=[1, 2, 3])])
+    assert torch.allclose(Editor(two, sae).fit_transform(x), Editor(one, sae).fit_transform(x), atol=1e-6)
+    d = [0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    mixed = EditSpec(name="mixed", ops=[Scale(units=[4], factor=2.0), ProjectOut(vector=d)])
+    manual = project_out(apply_code_edit(x, sae, [lambda z: scale_units(z, [4], 2.0)]), torch.tensor(d))
+    assert torch.allclose(Editor(mixed, sae).fit_transform(x), manual, atol=1e-5)
+
+
+def test_spec_round_trip(tmp_path) -> None:
+    spec = EditSpec(name="combo", description="d", ops=[
+        Ablate(units=[1]), Scale(units=[2], factor=0.5), Clamp(units=[3], value=1.0),
+        RandomUnits(count=2, seed=3), ProjectOut(name="site.mean_difference"), Leace(concept="site"),
+    ])
+    (tmp_path / "s.json").write_text(spec.to_json())
+    assert EditSpec.from_file(tmp_path / "s.json") == spec
+    import yaml
+
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True)))
+    assert EditSpec.from_file(tmp_path / "s.yaml") == spec
+    (tmp_path / "bad.json").write_text('{"name": "x", "ops": [{"op": "ablate", "unitz": [1]}]}')
+    with pytest.raises(ConfigError, match=r"bad\.json"):
+        EditSpec.from_file(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="exactly one"):
+        ProjectOut()
+
+
+def test_random_units_draw_same_count_among_firing_units(data) -> None:
+    sae, x = data
+    fired = set((sae.encode(x) > 0).any(0).nonzero().flatten().tolist())
+    draws = []
+    for seed in range(4):
+        editor = Editor(EditSpec(name="r", ops=[RandomUnits(count=3, seed=seed)]), sae).fit(x)
+        assert len(editor.units_) == 3 and len(set(editor.units_)) == 3
+        assert set(editor.units_) <= fired
+        draws.append(tuple(editor.units_))
+    assert len(set(draws)) > 1
+    assert EditSpec(name="r", ops=[RandomUnits(count=3)]).n_units() == 3
+
+
+def test_leace_erases_linear_site_signal() -> None:
+    g = np.random.default_rng(0)
+    site = g.integers(0, 3, size=300)
+    x = torch.tensor(g.normal(size=(300, 5)) + np.eye(5)[site] * 3, dtype=torch.float32)
+    editor = Editor(EditSpec(name="l", ops=[Leace(concept="site")])).fit(x, {"site": site.astype(str)})
+    out = editor.transform(x).numpy()
+    means = np.stack([out[site == s].mean(0) for s in range(3)])
+    assert np.abs(means - means.mean(0)).max() < 1e-3  # class-conditional means equal
+    with pytest.raises(StageError, match="scanner"):
+        Editor(EditSpec(name="l", ops=[Leace(concept="scanner")])).fit(x, {"site": site})
+
+
+def test_code_edit_without_sae_is_a_clear_error() -> None:
+    with pytest.raises(StageError, match="no SAE"):
+        Editor(EditSpec(name="a", ops=[Ablate(units=[0])]))
