@@ -112,6 +112,13 @@ class EmbeddingConfig(Section):
         "'_random' appended for the random-weights control.",
     )
 
+    baselines: list[Literal["stain_normalised", "random_weights"]] = Field(
+        default_factory=lambda: ["stain_normalised", "random_weights"],
+        description="Baseline feature sets embedded beside the main one: stain_normalised "
+        "(tiles through MONAI's Macenko H&E normalisation, RUN/features/<name>_stainnorm) and "
+        "random_weights (the seeded random-weights twin, RUN/features/<encoder>_random).",
+    )
+
     def features_name(self) -> str:
         """The folder under RUN/features/ this configuration writes."""
         if self.name:
@@ -121,6 +128,10 @@ class EmbeddingConfig(Section):
     def random_twin_name(self) -> str:
         """The folder of the same encoder's random-weights control."""
         return f"{self.encoder}_random"
+
+    def stainnorm_name(self) -> str:
+        """The folder of the stain-normalised baseline of the main features."""
+        return f"{self.features_name()}_stainnorm"
 
 
 class SAEControlsConfig(Section):

@@ -197,11 +197,6 @@ def test_config_unknown_key_names_key_and_file(tmp_path):
         load_config(config)
 
 
-def test_default_config_file_matches_built_in_defaults():
-    root = Path(__file__).resolve().parent.parent
-    assert load_config(root / "configs" / "default.yaml") == load_config(None)
-
-
 def test_cli_cohort_writes_table_and_reports_errors(tmp_path, slides):
     manifest = write_manifest(manifest_dir(tmp_path) / "cohort.csv", good_rows(slides))
     out = tmp_path / "run"

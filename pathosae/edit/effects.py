@@ -21,6 +21,7 @@ from torch import Tensor
 from pathosae.downstream import AdapterMIL, DownstreamConfig, predict_proba, site_leakage, task_metrics
 from pathosae.downstream.train import train_downstream
 from pathosae.edit.editor import Editor
+from pathosae.errors import PathosaeError
 from pathosae.saeception.cycle import Splits
 
 SplitsEdit = Callable[[Splits], Splits]
@@ -100,7 +101,14 @@ def effect_table(
         if cand.edit is None:
             rows += [_missing_row(cand, mode) for mode in modes]
             continue
-        edited = cand.edit(splits)
+        try:
+            edited = cand.edit(splits)
+        except PathosaeError as exc:
+            # A baseline that cannot apply to this cohort (e.g. ComBat with a site absent from
+            # training) is reported as missing with its reason instead of stopping the table.
+            missing = Candidate(cand.name, cand.kind, None, missing_reason=str(exc))
+            rows += [_missing_row(missing, mode) for mode in modes]
+            continue
         pooled = edited.pooled_test()
         leak = site_leakage(
             pooled.slide_means().numpy(), pooled.site, pooled.y.numpy(), leakage_folds, seed

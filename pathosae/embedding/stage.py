@@ -12,13 +12,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 import pathosae
-from pathosae.config import PathosaeConfig
+from pathosae.config import EmbeddingConfig, PathosaeConfig
 from pathosae.embedding.dataset import (
+    PixelTransform,
     SlideTiles,
     TileBatchDataset,
     plan_batches,
@@ -26,8 +28,10 @@ from pathosae.embedding.dataset import (
 )
 from pathosae.embedding.device import InferencePlan, plan_inference
 from pathosae.embedding.h5files import feature_file_state, write_feature_file
+from pathosae.embedding.stain import HEStainNormaliser
 from pathosae.encoders import Encoder, build_encoder, get_spec
 from pathosae.encoders.loading import describe_encoder, weights_digest
+from pathosae.encoders.registry import EncoderSpec
 from pathosae.errors import PathosaeError, SlideError
 from pathosae.io import settings_hash
 from pathosae.run import RunDir, package_versions
@@ -46,12 +50,50 @@ class SlideJob:
     received: int = 0
 
 
+@dataclass(frozen=True)
+class FeatureSet:
+    """One folder of features the stage writes: the main set or a baseline beside it.
+
+    A baseline is the same job set with other weights (the seeded random-weights twin) or a pixel
+    transform before the model's own (stain normalisation); the loop that embeds them is shared.
+    """
+
+    name: str
+    random_weights: bool
+    pixel_transform: HEStainNormaliser | None = None
+    role: str = "main"
+
+
+def feature_sets(emb: EmbeddingConfig) -> list[FeatureSet]:
+    """The main features, then the configured baselines (a baseline equal to the main is dropped)."""
+    sets = [FeatureSet(emb.features_name(), emb.random_weights)]
+    if "random_weights" in emb.baselines and not emb.random_weights:
+        sets.append(FeatureSet(emb.random_twin_name(), True, role="random_weights"))
+    if "stain_normalised" in emb.baselines:
+        sets.append(FeatureSet(emb.stainnorm_name(), emb.random_weights, HEStainNormaliser(),
+                               role="stain_normalised"))
+    return sets
+
+
+@dataclass
+class PlannedSet:
+    """A feature set's pending work after checking which slides are already done."""
+
+    features: FeatureSet
+    settings: dict[str, Any]
+    digest: str
+    jobs: list[SlideJob] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
 def run_stage(
     run: RunDir, cfg: PathosaeConfig, on_error: OnError, slide_ids: list[str] | None = None
 ) -> dict[str, Any]:
     """Pipeline entry (``pathosae embed`` / ``pathosae run``); returns a JSON-able summary.
 
-    ``slide_ids`` restricts the work to one shard of the cohort (a Slurm array task).
+    ``slide_ids`` restricts the work to one shard of the cohort (a Slurm array task). Every slide
+    is checked for every feature set before any work, so a bad slide stops the run at once.
     """
     from pathosae.cohort import load_cohort
 
@@ -60,53 +102,86 @@ def run_stage(
     if slide_ids is not None:
         cohort = cohort[cohort["slide_id"].isin(slide_ids)]
     spec = get_spec(emb.encoder)
-    digest = weights_digest(spec, emb.weights, emb.random_weights, cfg.seed)
     plan = plan_inference(emb, spec)
-    name = emb.features_name()
-    base_settings = embedding_settings(
-        describe_encoder(spec, spec.dim, digest, emb.random_weights), plan, emb.features_dtype
-    )
-
-    jobs, skipped, failed = [], [], {}
-    for row in cohort.itertuples(index=False):
-        slide_id, path = str(row.slide_id), str(row.path)
-        try:
-            job = _prepare_job(run, name, slide_id, path, base_settings, spec.dim)
-        except PathosaeError as exc:
-            if on_error == "stop":
-                raise
-            failed[slide_id] = str(exc)
-            continue
-        if job is None:
-            skipped.append(slide_id)
-        else:
-            jobs.append(job)
-
-    n_tiles, elapsed, run_failed = 0, 0.0, {}
-    if jobs:  # a finished run is checked without building (or loading) the model
-        encoder = build_encoder(emb.encoder, emb.weights, random_weights=emb.random_weights,
-                                seed=cfg.seed, known_sha256=digest)
-        t0 = time.perf_counter()
-        n_tiles, run_failed = embed_jobs(
-            jobs, encoder, plan, run, name, base_settings, emb.batch_size, emb.num_workers,
-            on_error,
-        )
-        elapsed = time.perf_counter() - t0
-    failed.update(run_failed)
-    return {
-        "features": name,
+    planned = [
+        _plan_set(run, fs, cohort, spec, plan, cfg, on_error) for fs in feature_sets(emb)
+    ]
+    results = {p.features.role: _embed_set(run, p, spec, plan, cfg, on_error) for p in planned}
+    main = results.pop("main")
+    summary: dict[str, Any] = {
+        "features": planned[0].features.name,
         "encoder": spec.name,
         "dim": spec.dim,
         "random_weights": emb.random_weights,
         "device": str(plan.device),
         "precision": plan.precision,
         "slides": len(cohort),
-        "embedded": len(jobs) - len(run_failed),
-        "skipped_done": len(skipped),
+        **main,
+    }
+    if results:
+        summary["baselines"] = results
+        summary["baseline_seconds"] = round(sum(r["seconds"] for r in results.values()), 2)
+    return summary
+
+
+def _plan_set(
+    run: RunDir, fs: FeatureSet, cohort: pd.DataFrame, spec: EncoderSpec, plan: InferencePlan,
+    cfg: PathosaeConfig, on_error: OnError,
+) -> PlannedSet:
+    emb = cfg.embedding
+    digest = weights_digest(spec, emb.weights, fs.random_weights, cfg.seed)
+    settings = embedding_settings(
+        describe_encoder(spec, spec.dim, digest, fs.random_weights), plan, emb.features_dtype
+    )
+    if fs.pixel_transform is not None:
+        settings["pixel_transform"] = fs.pixel_transform.describe()
+    planned = PlannedSet(fs, settings, digest)
+    for row in cohort.itertuples(index=False):
+        slide_id, path = str(row.slide_id), str(row.path)
+        try:
+            job = _prepare_job(run, fs.name, slide_id, path, settings, spec.dim)
+        except PathosaeError as exc:
+            if on_error == "stop":
+                raise
+            planned.failed[slide_id] = str(exc)
+            continue
+        if job is None:
+            planned.skipped.append(slide_id)
+        else:
+            planned.jobs.append(job)
+    return planned
+
+
+def _embed_set(
+    run: RunDir, planned: PlannedSet, spec: EncoderSpec, plan: InferencePlan, cfg: PathosaeConfig,
+    on_error: OnError,
+) -> dict[str, Any]:
+    """Embed one feature set's pending slides; its part of the stage summary."""
+    emb, fs = cfg.embedding, planned.features
+    n_tiles, elapsed, fallbacks, run_failed = 0, 0.0, 0, {}
+    if planned.jobs:  # a finished run is checked without building (or loading) the model
+        encoder = build_encoder(emb.encoder, emb.weights, random_weights=fs.random_weights,
+                                seed=cfg.seed, known_sha256=planned.digest)
+        t0 = time.perf_counter()
+        n_tiles, run_failed, fallbacks = embed_jobs(
+            planned.jobs, encoder, plan, run, fs.name, planned.settings, emb.batch_size,
+            emb.num_workers, on_error, pixel_transform=fs.pixel_transform,
+        )
+        elapsed = time.perf_counter() - t0
+    failed = {**planned.failed, **run_failed}
+    out: dict[str, Any] = {
+        "embedded": len(planned.jobs) - len(run_failed),
+        "skipped_done": len(planned.skipped),
         "failed": failed,
         "tiles": n_tiles,
         "tiles_per_s": round(n_tiles / elapsed, 2) if elapsed > 0 and n_tiles else 0.0,
+        "seconds": round(elapsed, 2),
     }
+    if fs.role != "main":
+        out = {"features": fs.name, **out}
+    if fs.pixel_transform is not None:
+        out["normaliser_fallback_tiles"] = fallbacks
+    return out
 
 
 def embedding_settings(
@@ -145,18 +220,23 @@ def embed_jobs(
     batch_size: int,
     num_workers: int,
     on_error: OnError,
-) -> tuple[int, dict[str, str]]:
-    """Embed every job's tiles and write one file per slide; returns (tiles done, failures)."""
+    pixel_transform: PixelTransform | None = None,
+) -> tuple[int, dict[str, str], int]:
+    """Embed every job's tiles and write one file per slide.
+
+    Returns (tiles done, failures, tiles the pixel transform left unchanged).
+    """
     failed: dict[str, str] = {}
     for job in jobs:
         if len(job.tiles.coords) == 0:
             _write(job, np.zeros((0, encoder.dim), np.float32), run, name, base)
     jobs = [j for j in jobs if len(j.tiles.coords)]
     if not jobs:
-        return 0, failed
+        return 0, failed, 0
 
     model = prepare_model(encoder, plan)
-    dataset = TileBatchDataset([j.tiles for j in jobs])
+    dataset = TileBatchDataset([j.tiles for j in jobs], pixel_transform)
+    fallbacks = 0
     loader = make_loader(dataset, plan_batches(dataset.slides, batch_size), num_workers, plan)
     total = sum(len(j.tiles.coords) for j in jobs)
     done_tiles = done_slides = 0
@@ -175,6 +255,7 @@ def embed_jobs(
                 failed[sid] = str(error)
                 bar.write(f"skipping slide {sid!r}: {error}")
                 continue
+            fallbacks += int(batch["fallbacks"])
             job.parts.append((batch["start"], forward_batch(model, batch["tiles"], plan)))
             job.received += batch["stop"] - batch["start"]
             bar.update(batch["stop"] - batch["start"])
@@ -188,7 +269,7 @@ def embed_jobs(
     finally:
         bar.close()
         dataset.close()
-    return done_tiles, failed
+    return done_tiles, failed, fallbacks
 
 
 def prepare_model(encoder: Encoder, plan: InferencePlan) -> Encoder:
