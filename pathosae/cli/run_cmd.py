@@ -40,4 +40,6 @@ def run_command(
     run, cfg = prepare_run(manifest, out, config, executor=executor)
     selected = stages.split(",") if stages else None
     run_pipeline(run, cfg, selected, start, until, on_error, echo=typer.echo)  # type: ignore[arg-type]
-    typer.echo(f"run finished: {run.root}")
+    from pathosae.summary import run_summary
+
+    typer.echo("\n" + "\n".join(run_summary(run)))

@@ -39,9 +39,13 @@ def run_stage(run: RunDir, cfg: PathosaeConfig, on_error: OnError) -> dict[str, 
 
 
 def _header(run: RunDir, state: dict) -> str:
+    from pathosae.pipeline import STAGE_NAMES
+
+    stages = state.get("stages", {})
     rows = [
-        {"stage": name, "status": info.get("status", ""), "duration (s)": info.get("duration_s")}
-        for name, info in state.get("stages", {}).items()
+        {"stage": name, "status": stages[name].get("status", ""),
+         "duration (s)": stages[name].get("duration_s")}
+        for name in STAGE_NAMES if name in stages
     ]
     versions = ", ".join(f"{k} {v}" for k, v in state.get("versions", {}).items())
     return (
@@ -66,6 +70,7 @@ def _cohort(run: RunDir) -> str:
         if label in cohort and column in cohort:
             cross = pd.crosstab([cohort["split"], cohort[label]], cohort[column])
             cross = cross.reset_index()
+            cross.columns.name = None
             out.append(f"<h3>{esc(label)} × {esc(column)} by split</h3>" + table(cross))
             out.append(how(f"Rows are split and {label}, columns {column}: a confounded training "
                            f"split has its {label} values concentrated in a few {column} columns."))
@@ -93,18 +98,60 @@ def _sae(run: RunDir) -> str:
     metrics = sorted(sae_root.glob("*/metrics.json")) if sae_root.exists() else []
     if not metrics:
         return out[0] + missing("sae", f"pathosae sae --run {run.root}")
-    rows = []
     for path in metrics:
-        flat = _flatten(json.loads(path.read_text()))
-        rows.append({"sae": path.parent.name, **{k: v for k, v in flat.items()
-                                                  if isinstance(v, int | float | str)}})
-    frame = pd.DataFrame(rows)
-    out.append(table(frame.T.reset_index().rename(columns={"index": "metric"}), max_rows=80))
-    out.append(how("FVU is the variance the SAE fails to explain on held-out slides (lower is "
-                   "better); the controls (random-weights encoder, permuted features, a second "
-                   "seed) show how much of the structure is real rather than pareidolia."))
-    out.extend(_pngs(sae_root, "SAE figures"))
+        info = json.loads(path.read_text())
+        out.append(f"<h3>{esc(path.parent.name)}: {esc(info.get('architecture', ''))}, "
+                   f"{info.get('d_in')} → {info.get('d_sae')} latents</h3>")
+        out.append(table(_sae_quality(info)))
+        out.append(how("Held-out FVU is the variance the SAE fails to explain on held-out slides "
+                       "(lower is better). The same SAE trained on permuted features (structure "
+                       "destroyed) or on a random-weights encoder shows what pareidolia scores; "
+                       "a real SAE should beat them clearly."))
+        coverage = _coverage_table(info)
+        if not coverage.empty:
+            out.append(table(coverage, max_rows=40))
+            out.append(how("Concept coverage: for each ground-truth phenotype and metadata value, "
+                           "the best single unit's AUROC, and how many units pass 0.9; the null "
+                           "column is the same with the labels shuffled."))
+        stability = (info.get("controls") or {}).get("seed_stability") or {}
+        if "mean_cosine" in stability:
+            out.append(f"<p>Seed stability: decoder atoms of two seeds matched by the Hungarian "
+                       f"method have mean cosine {stability['mean_cosine']:.2f}; "
+                       f"{100 * stability.get('fraction_above_0.9', 0):.0f}% of atoms above 0.9."
+                       "</p>")
     return "".join(out)
+
+
+def _sae_quality(info: dict) -> pd.DataFrame:
+    rows = [{"model": "SAE", **_quality(info.get("held_out") or {})}]
+    controls = info.get("controls") or {}
+    for name, entry in (controls.get("permuted") or {}).items():
+        if isinstance(entry, dict) and "held_out" in entry:
+            rows.append({"model": f"permuted features ({name} slides)",
+                         **_quality(entry["held_out"])})
+    random_encoder = controls.get("random_encoder") or {}
+    if "held_out" in random_encoder:
+        rows.append({"model": "random-weights encoder", **_quality(random_encoder["held_out"])})
+    elif random_encoder.get("reason"):
+        rows.append({"model": f"random-weights encoder: {random_encoder['reason']}"})
+    return pd.DataFrame(rows)
+
+
+def _quality(held: dict) -> dict[str, object]:
+    return {"held-out FVU": held.get("fvu"), "L0": held.get("l0"),
+            "dead %": 100 * held["dead_fraction"] if "dead_fraction" in held else None,
+            "dense %": 100 * held["dense_fraction"] if "dense_fraction" in held else None,
+            "cosine": held.get("cosine")}
+
+
+def _coverage_table(info: dict) -> pd.DataFrame:
+    rows = []
+    for concept, entry in (info.get("concept_coverage") or {}).items():
+        rows.append({"concept": concept, "best unit": entry.get("best_unit"),
+                     "best AUROC": entry.get("best_auroc"),
+                     "units > 0.9": entry.get("n_units_above_0.9"),
+                     "null best AUROC": entry.get("null_best_auroc")})
+    return pd.DataFrame(rows)
 
 
 def _confounders(run: RunDir) -> str:
