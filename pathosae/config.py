@@ -79,7 +79,10 @@ class TilingConfig(Section):
         20_000.0, ge=0, description="Holes smaller than this (µm²) inside tissue are filled."
     )
     qc_mpp: float = Field(
-        4.0, gt=0, description="Resolution (µm/px) of the QC image with the mask and tile grid."
+        8.0,
+        gt=0,
+        description="Resolution (µm/px) of the QC image with the mask and tile grid; equal to "
+        "detection_mpp, the slide is read once for both.",
     )
     num_workers: int = Field(1, ge=1, description="Processes tiling slides in parallel.")
 
