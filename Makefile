@@ -20,11 +20,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check pathosae apps tests benchmarks
 
 # A real one-node Slurm cluster (Debian's slurmctld, slurmd and munge) for the scale-out tests;
-# installed only when running as root and missing. Without it those tests skip and say why.
+# installed only when running as root and missing. Without them those tests skip and say why.
+# Chromium (Debian's) drives the app's end-to-end browser test through Playwright.
 system-deps:
-	@if [ "$$(id -u)" = 0 ] && ! command -v slurmctld >/dev/null 2>&1; then \
+	@if [ "$$(id -u)" = 0 ] && { ! command -v slurmctld >/dev/null 2>&1 || \
+	    ! command -v chromium >/dev/null 2>&1; }; then \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    slurmctld slurmd munge slurm-client >/dev/null) || echo "could not install Slurm"; fi
+	    slurmctld slurmd munge slurm-client chromium >/dev/null) || echo "could not install system packages"; fi
 
 test: lint system-deps
 	$(BIN)/python -m pytest -q

@@ -8,6 +8,7 @@ import typer
 
 # Each module registers its subcommand(s) on ``app`` when imported.
 from pathosae.cli import (
+    app_cmd,
     cohort_cmd,
     config_cmd,
     confounders_cmd,
@@ -35,6 +36,7 @@ def main() -> None:
 
 __all__ = [
     "app",
+    "app_cmd",
     "cohort_cmd",
     "config_cmd",
     "confounders_cmd",

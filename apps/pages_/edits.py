@@ -1,0 +1,94 @@
+"""Edits page: choose units or a direction and an operation, measure it against no edit, see what
+changed, and save it as a spec the CLI applies."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from pages_.common import get_activations, get_edit_lab, missing, pick_sae, tile_grid
+from pathosae.app import RunView
+from pathosae.app.edits import OPERATIONS, build_spec, direction_choices, save_spec
+
+EFFECT_COLUMNS = ("edit", "mode", "auroc_normal", "bacc_normal", "bacc_shifted",
+                  "worst_site_bacc_shifted", "per_site_bacc_shifted", "site_leakage", "flip_rate",
+                  "collateral_bacc_drop")
+MAX_TILES = 18
+
+
+def render(view: RunView) -> None:
+    st.header("Edits")
+    if missing(view, "cohort", "embed", "sae"):
+        return
+    sae = pick_sae(view)
+    stage_effects(view)
+    st.subheader("Try an edit")
+    acts = get_activations(str(view.root), sae)
+    directions = view.directions()
+    d_in = int(view.sae_config(sae)["hparams"]["d_in"])
+    spec = edit_form(view, acts.d_sae, d_in, directions)
+    if spec is None:
+        return
+    modes = ("applied", "retrained") if st.session_state.get("edit_retrain") else ("applied",)
+    lab = get_edit_lab(str(view.root), sae)
+    result = lab.evaluate(spec, modes)
+    show_result(view, sae, result)
+    if st.button("Save as spec", key="save_spec"):
+        path, command = save_spec(view, spec)
+        st.success(f"Saved {path}. Apply it with:")
+        st.code(command, language="bash")
+
+
+def stage_effects(view: RunView) -> None:
+    with st.expander("Effect table of the edit stage", expanded=False):
+        effects = view.table("edits", "effects.parquet")
+        if effects is None:
+            missing(view, "edit")
+        else:
+            keep = [c for c in ("kind", *EFFECT_COLUMNS, "missing_reason") if c in effects]
+            st.dataframe(effects[keep], hide_index=True, key="stage_effects")
+
+
+def edit_form(view: RunView, d_sae: int, d_in: int, directions: dict):  # noqa: ANN201
+    choices = direction_choices(directions, d_in, d_sae)
+    left, right = st.columns(2)
+    operation = left.selectbox("Operation", OPERATIONS, key="edit_op")
+    units, factor, value, direction = [], 0.0, 0.0, None
+    if operation == "project out":
+        if not choices:
+            missing(view, "confounders")
+            st.info("No confounder directions in this run.")
+            return None
+        direction = right.selectbox("Direction", choices, key="edit_direction")
+    else:
+        text = right.text_input("Units (ids, comma-separated)", key="edit_units")
+        units = [int(t) for t in text.replace(",", " ").split() if t.isdigit()]
+        bad = [u for u in units if u >= d_sae]
+        if bad:
+            st.error(f"unit(s) {bad} do not exist: the SAE has units 0..{d_sae - 1}.")
+            return None
+        if operation == "scale":
+            factor = st.number_input("Factor", value=0.5, key="edit_factor")
+        if operation == "clamp":
+            value = st.number_input("Value", value=0.0, key="edit_value")
+    name = st.text_input("Name", value="my_edit", key="edit_name")
+    st.checkbox("Also retrain the downstream model on edited embeddings (slower)",
+                key="edit_retrain")
+    if not st.toggle("Evaluate", key="edit_go"):
+        return None
+    return build_spec(name, operation, units, factor, value, direction, d_sae, directions)
+
+
+def show_result(view: RunView, sae: str, result) -> None:  # noqa: ANN001
+    st.markdown("#### Effect against no edit")
+    keep = [c for c in EFFECT_COLUMNS if c in result.effects]
+    st.dataframe(result.effects[keep], hide_index=True, key="edit_effects")
+    changed = result.slides[result.slides["changed"]]
+    st.markdown(f"#### Slides whose prediction changed: {len(changed)} of {len(result.slides)}")
+    st.dataframe(result.slides, hide_index=True, key="edit_slides")
+    tiles = result.tiles
+    st.markdown(f"#### Tiles whose prediction changed: {len(tiles)}")
+    st.caption("Each tile scored as a one-tile bag by the unedited model, before and after the edit.")
+    if len(tiles):
+        shown = tiles.head(MAX_TILES)
+        tile_grid(view, sae, shown["row"].tolist(),
+                  [f"{r.slide_id}: {r.before} → {r.after}" for r in shown.itertuples()])

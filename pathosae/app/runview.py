@@ -1,0 +1,225 @@
+"""Read-only access to one finished (or partly finished) run for the app.
+
+Everything is read lazily and through :class:`~pathosae.app.access.PathGuard`: opening a run
+reads run.json and the cohort table only; the unit cache is built once (on first use, or ahead
+of time with ``RunView.prepare()``) and then memory-mapped.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pathosae.app.access import PathGuard
+from pathosae.app.activations import UnitActivations, build_unit_cache, cache_is_current
+from pathosae.app.status import StageStatus, all_statuses, stage_status
+from pathosae.app.tags import TagStore
+from pathosae.errors import PathosaeError, StageError
+from pathosae.io import read_json, settings_hash
+from pathosae.run import RunDir
+
+CACHE_DIR = "app_cache"
+
+
+class RunView:
+    """The app's window on a run directory (see the module docstring)."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).resolve()
+        if not self.root.is_dir():
+            raise PathosaeError(f"run directory {root} does not exist. Fix: pass the folder given "
+                                "to `pathosae run --out`.")
+        self.run = RunDir(self.root)
+        self._guard = PathGuard(self.root)
+        self._activations: dict[str, UnitActivations] = {}
+
+    # ---- stages ------------------------------------------------------------------------------
+    def status(self, stage: str) -> StageStatus:
+        return stage_status(self.root, stage)
+
+    def statuses(self) -> list[StageStatus]:
+        return all_statuses(self.root)
+
+    def require(self, stage: str) -> None:
+        status = self.status(stage)
+        if not status.done:
+            raise StageError(status.message())
+
+    @cached_property
+    def state(self) -> dict[str, Any]:
+        return self.run.read_state()
+
+    @cached_property
+    def config(self) -> Any:
+        """The run's resolved config (run.json), or the defaults when it records none."""
+        from pathosae.config import PathosaeConfig
+
+        recorded = self.state.get("config")
+        return PathosaeConfig.model_validate(recorded) if recorded else PathosaeConfig()
+
+    @property
+    def label_column(self) -> str | None:
+        return self.config.cohort.label
+
+    # ---- cohort and paths --------------------------------------------------------------------
+    @cached_property
+    def cohort(self) -> pd.DataFrame:
+        from pathosae.cohort import load_cohort
+
+        self.require("cohort")
+        cohort = load_cohort(self.run)
+        cohort["slide_id"] = cohort["slide_id"].astype(str)
+        return cohort
+
+    @cached_property
+    def guard(self) -> PathGuard:
+        """Run files plus exactly the cohort's slide files (no cohort yet: run files only)."""
+        if not self.status("cohort").done:
+            return self._guard
+        return self._guard.with_slides(self.cohort["path"].astype(str))
+
+    def metadata_columns(self) -> list[str]:
+        skip = {"slide_id", "path", "patient_id", "mpp", "manifest_row"}
+        return [c for c in self.cohort.columns if c not in skip]
+
+    def check_slide(self, slide_id: str) -> str:
+        slide_id = str(slide_id)
+        if slide_id not in set(self.cohort["slide_id"]):
+            raise PathosaeError(f"slide {slide_id!r} is not in this run's cohort.")
+        return slide_id
+
+    def slide_path(self, slide_id: str) -> Path:
+        row = self.cohort.loc[self.cohort["slide_id"] == self.check_slide(slide_id), "path"]
+        return self.guard.slide_file(str(row.iloc[0]))
+
+    def qc_image(self, slide_id: str) -> Path | None:
+        path = self.guard.run_file("qc", f"{self.check_slide(slide_id)}.png")
+        return path if path.is_file() else None
+
+    def file(self, *parts: str) -> Path | None:
+        """A run file if it exists (checked to lie inside the run), else None."""
+        path = self.guard.run_file(*parts)
+        return path if path.exists() else None
+
+    # ---- SAE and features --------------------------------------------------------------------
+    def sae_names(self) -> list[str]:
+        folder = self.root / "sae"
+        if not folder.is_dir():
+            return []
+        return sorted(p.parent.name for p in folder.glob("*/cfg.json")
+                      if (p.parent / "sae.safetensors").is_file())
+
+    def default_sae(self) -> str:
+        names = self.sae_names()
+        if not names:
+            raise StageError(self.status("sae").message())
+        summary = self.file("confounders", "summary.json")
+        used = read_json(summary).get("sae") if summary else None
+        directions = self.file("confounders", "directions.json")
+        used = used or (read_json(directions).get("sae") if directions else None)
+        return used if used in names else names[0]
+
+    def sae_dir(self, name: str) -> Path:
+        if name not in self.sae_names():
+            raise PathosaeError(f"no SAE named {name!r} in {self.root / 'sae'} "
+                                f"(have {self.sae_names()}).")
+        return self.guard.run_file("sae", name)
+
+    def sae_config(self, name: str) -> dict[str, Any]:
+        return read_json(self.sae_dir(name) / "cfg.json")
+
+    def sae_metrics(self, name: str) -> dict[str, Any]:
+        path = self.sae_dir(name) / "metrics.json"
+        return read_json(path) if path.is_file() else {}
+
+    def features_name(self, sae_name: str) -> str:
+        recorded = self.sae_config(sae_name).get("features")
+        return str(recorded) if recorded else self.config.embedding.features_name()
+
+    def load_sae(self, name: str) -> Any:
+        from pathosae.sae import load_sae
+
+        return load_sae(self.sae_dir(name))
+
+    def fingerprint(self, sae_name: str) -> str:
+        """Sizes and modification times of what the unit cache is computed from."""
+        folder = self.guard.run_file("features", self.features_name(sae_name))
+        files = sorted(p for p in folder.glob("*.h5") if not p.name.startswith("."))
+        inputs = [self.sae_dir(sae_name) / "sae.safetensors", self.run.cohort_path, *files]
+        return settings_hash([[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in inputs])
+
+    def cache_dir(self, sae_name: str) -> Path:
+        return self.guard.run_file(CACHE_DIR, sae_name)
+
+    def cache_ready(self, sae_name: str) -> bool:
+        return cache_is_current(self.cache_dir(sae_name), self.fingerprint(sae_name))
+
+    def activations(self, sae_name: str) -> UnitActivations:
+        """The unit-major activation cache, built (once, atomically) when missing or stale."""
+        if sae_name in self._activations:
+            return self._activations[sae_name]
+        folder = self.cache_dir(sae_name)
+        fingerprint = self.fingerprint(sae_name)
+        if cache_is_current(folder, fingerprint) and (folder / "index.parquet").is_file():
+            acts = UnitActivations.load(folder)
+        else:
+            acts = self._build_cache(sae_name, folder, fingerprint)
+        self._activations[sae_name] = acts
+        return acts
+
+    def _build_cache(self, sae_name: str, folder: Path, fingerprint: str) -> UnitActivations:
+        from pathosae.features import FeatureStore
+        from pathosae.io import write_parquet_atomic
+
+        self.require("embed")
+        store = FeatureStore(self.run, self.features_name(sae_name))
+        index = store.index()[["slide_id", "tile", "x", "y"]]
+        index["slide_id"] = index["slide_id"].astype("category")
+        write_parquet_atomic(folder / "index.parquet", index)
+        return build_unit_cache(store.matrix(), self.load_sae(sae_name), folder, fingerprint)
+
+    def prepare(self, sae_name: str | None = None) -> UnitActivations:
+        """Build the unit cache now (``pathosae app`` does this before the server starts)."""
+        return self.activations(sae_name or self.default_sae())
+
+    def tile_index(self, sae_name: str) -> pd.DataFrame:
+        """slide_id, tile, x, y of every row of the feature matrix (cached with the units)."""
+        self.activations(sae_name)
+        return pd.read_parquet(self.cache_dir(sae_name) / "index.parquet")
+
+    def slide_rows(self, sae_name: str) -> pd.DataFrame:
+        """Per slide: first row and row count in the feature matrix."""
+        index = self.tile_index(sae_name)
+        codes = index["slide_id"].astype(str).to_numpy()
+        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+        stops = np.r_[starts[1:], len(codes)]
+        return pd.DataFrame({"slide_id": codes[starts], "start": starts, "stop": stops})
+
+    # ---- later stages ------------------------------------------------------------------------
+    def table(self, *parts: str) -> pd.DataFrame | None:
+        path = self.file(*parts)
+        return pd.read_parquet(path) if path is not None else None
+
+    def json(self, *parts: str) -> dict[str, Any] | None:
+        path = self.file(*parts)
+        return read_json(path) if path is not None else None
+
+    def directions(self) -> dict[str, np.ndarray]:
+        from pathosae.confounders.directions import load_directions
+
+        path = self.file("confounders", "directions.safetensors")
+        return load_directions(path) if path is not None else {}
+
+    def edit_specs(self) -> list[str]:
+        folder = self.root / "edits"
+        return sorted(p.stem for p in folder.glob("*.json") if p.name != "summary.json") \
+            if folder.is_dir() else []
+
+    @cached_property
+    def tags(self) -> TagStore:
+        return TagStore(self.guard.run_file("app", "tags.json"))
