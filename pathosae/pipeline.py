@@ -38,7 +38,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("cohort", "pathosae.cohort:run_stage", "validate the manifest, resolve paths, split",
           on_cluster=False),
     Stage("tile", "pathosae.tiling:run_stage", "detect tissue and tile each slide", per_slide=True),
-    Stage("embed", "pathosae.embedding:run_stage", "embed the tiles with the encoder",
+    # Per-slide stages are called with ``slide_ids`` (one shard of an array job) on a cluster.
+    Stage("embed", "pathosae.embedding.stage:run_stage", "embed the tiles with the encoder",
           per_slide=True),
     Stage("sae", "pathosae.sae.stage:run_stage", "train and evaluate sparse autoencoders"),
     Stage("confounders", "pathosae.confounders.stage:run_stage",
@@ -62,13 +63,23 @@ def select_stages(
             raise PathosaeError(
                 f"unknown stage {name!r}. Fix: use one of {', '.join(STAGE_NAMES)}."
             )
-    chosen = [s for s in STAGES if not stages or s.name in stages]
-    if start is not None:
-        chosen = chosen[[s.name for s in chosen].index(start) :] if start in [
-            s.name for s in chosen
-        ] else []
-    if until is not None and until in [s.name for s in chosen]:
-        chosen = chosen[: [s.name for s in chosen].index(until) + 1]
+    if start is not None and until is not None and (
+        STAGE_NAMES.index(start) > STAGE_NAMES.index(until)
+    ):
+        raise PathosaeError(
+            f"--from {start} comes after --until {until} (stage order: {', '.join(STAGE_NAMES)}). "
+            "Fix: swap them, or name an earlier --from."
+        )
+    first = STAGE_NAMES.index(start) if start is not None else 0
+    last = STAGE_NAMES.index(until) if until is not None else len(STAGES) - 1
+    chosen = [
+        s for i, s in enumerate(STAGES) if first <= i <= last and (not stages or s.name in stages)
+    ]
+    if not chosen:
+        raise PathosaeError(
+            f"--stages {','.join(stages or [])} with --from {start} / --until {until} selects no "
+            "stage. Fix: make the range overlap the listed stages."
+        )
     return chosen
 
 

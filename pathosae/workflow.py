@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from pathosae.config import PathosaeConfig, load_config
-from pathosae.errors import PathosaeError
+from pathosae.errors import ConfigError, PathosaeError
 from pathosae.io import sha256_file
-from pathosae.pipeline import run_stages, select_stages
+from pathosae.pipeline import Stage, run_stages, select_stages
 from pathosae.run import RunDir
 from pathosae.types import OnError
 
@@ -44,7 +44,9 @@ def prepare_run(
     if executor is not None:
         # Recorded in run.json, so `pathosae run --out RUN` resumes on the same executor.
         cfg.executor.kind = executor  # type: ignore[assignment]
-    run.init(cfg.model_dump(mode="json"), str(manifest.resolve()), sha256_file(manifest))
+    # Under the lock: a second run on a directory in use fails here without rewriting run.json.
+    with run.lock():
+        run.init(cfg.model_dump(mode="json"), str(manifest.resolve()), sha256_file(manifest))
     return run, cfg
 
 
@@ -58,5 +60,18 @@ def run_pipeline(
     echo: Callable[[str], None] = print,
 ) -> dict[str, dict[str, Any]]:
     chosen = select_stages(stages, start, until)
+    preflight(cfg, chosen)
     with run.lock():
         return run_stages(run, cfg, chosen, on_error, echo)
+
+
+def preflight(cfg: PathosaeConfig, chosen: list[Stage]) -> None:
+    """Fail before any work on what a later stage would find only after earlier ones ran."""
+    if any(stage.name == "embed" for stage in chosen):
+        from pathosae.doctor import check_weights
+        from pathosae.encoders.registry import get_spec
+
+        get_spec(cfg.embedding.encoder)  # an unknown encoder names the known ones
+        check = check_weights(cfg)
+        if not check.ok:
+            raise ConfigError(f"embedding.weights: {check.detail}. Fix: {check.fix}.")

@@ -13,11 +13,13 @@ if TYPE_CHECKING:
     from pathosae.types import OnError
 
 
-def run_stage(run: RunDir, cfg: PathosaeConfig, on_error: OnError) -> dict[str, Any]:
+def run_stage(
+    run: RunDir, cfg: PathosaeConfig, on_error: OnError, slide_ids: list[str] | None = None
+) -> dict[str, Any]:
     """The ``embed`` pipeline stage (see :mod:`pathosae.embedding.stage`)."""
     from pathosae.embedding.stage import run_stage as _run_stage
 
-    return _run_stage(run, cfg, on_error)
+    return _run_stage(run, cfg, on_error, slide_ids=slide_ids)
 
 
 __all__ = ["run_stage"]
