@@ -63,26 +63,14 @@ def he_stain_normaliser(
     """A tile transform: Macenko H&E normalisation to a reference stain (MONAI).
 
     Tiles with too little stained tissue for the stain estimate (e.g. blank glass) are returned
-    unchanged rather than failing the whole slide.
+    unchanged rather than failing the whole slide. The embedding stage uses the same normaliser
+    (:class:`pathosae.embedding.stain.HEStainNormaliser`), which also counts those tiles.
     """
-    from monai.apps.pathology.transforms import NormalizeHEStains
+    from pathosae.embedding.stain import MAX_CREF, TARGET_HE, HEStainNormaliser
 
-    kwargs: dict[str, object] = {}
-    if target_he is not None:
-        kwargs["target_he"] = np.asarray(target_he, dtype=np.float64)
-    if max_cref is not None:
-        kwargs["max_cref"] = np.asarray(max_cref, dtype=np.float64)
-    normalise = NormalizeHEStains(**kwargs)
+    normaliser = HEStainNormaliser(target_he or TARGET_HE, max_cref or MAX_CREF)
 
     def transform(tile: np.ndarray) -> np.ndarray:
-        if tile.ndim != 3 or tile.shape[-1] != 3 or tile.dtype != np.uint8:
-            raise PathosaeError(
-                f"stain normalisation needs a uint8 H×W×3 RGB tile, got {tile.dtype} {tile.shape}."
-            )
-        try:
-            out = normalise(tile)
-        except ValueError:
-            return tile  # no stained pixels to estimate the stain matrix from
-        return np.clip(np.asarray(out), 0, 255).astype(np.uint8)
+        return normaliser(tile)[0]
 
     return transform

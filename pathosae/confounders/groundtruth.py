@@ -29,6 +29,13 @@ def true_effect_units(
     ``planted`` and ``counterfactual`` are slides × units slide-level activations of the same
     slides with and without the planted effect; ``levels`` is each slide's site (or scanner...).
     """
+    ratio = effect_ratio(planted, counterfactual, levels)
+    return np.where(np.isfinite(ratio), ratio >= min_effect, False)
+
+
+def effect_ratio(planted: np.ndarray, counterfactual: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """Per unit: between-level spread of the planted change over the unit's planted SD (NaN if
+    the unit never varies). ``true_effect_units`` thresholds it."""
     planted = np.asarray(planted, dtype=np.float64)
     delta = planted - np.asarray(counterfactual, dtype=np.float64)
     levels = np.asarray(levels).astype(str)
@@ -38,7 +45,7 @@ def true_effect_units(
         spread = np.maximum(spread, np.abs(delta[levels == level].mean(axis=0) - overall))
     scale = planted.std(axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(scale > 0, spread / scale >= min_effect, False)
+        return np.where(scale > 0, spread / scale, np.nan)
 
 
 def precision_recall(flagged: np.ndarray, truth: np.ndarray) -> dict[str, float]:

@@ -12,12 +12,20 @@ sample), then writes under RUN/confounders/:
 - pathorob.parquet: robustness index, clustering score and confounder AUROC;
 - directions.safetensors (+ .json): LEACE erasers, mean-difference directions, SAE probe
   weights and flagged units per confounder;
-- heatmap.png, leakage.png; summary.json with the settings hash that decides skipping.
+- heatmap.png, leakage.png; summary.json with the settings hash that decides skipping;
+- baselines beside the SAE view, in the same leakage and PathoROB tables: stain-normalised
+  features (``<encoder>_stainnorm``: embedding and the SAE's codes of it) and the random-weights
+  encoder twin (``<encoder>_random``: embedding, and codes/residual of the SAE trained on it by
+  the SAE stage's random-encoder control);
+- controls.parquet: the scan's counts for the SAE and the random-encoder SAE, and a
+  permuted-metadata null (see :mod:`pathosae.confounders.controls`);
+- groundtruth.parquet on a synthetic cohort: flagged units scored against the planted site and
+  scanner effects (see :mod:`pathosae.confounders.truth`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,6 +42,7 @@ from pathosae.confounders.aggregate import (
     summarise_tiles,
 )
 from pathosae.confounders.baselines import combat_train_apply
+from pathosae.confounders.controls import permuted_null_repeats, scan_counts, summarise_null
 from pathosae.confounders.leakage import leakage_table
 from pathosae.confounders.pathorob import pathorob_table
 from pathosae.confounders.scan import Kind, add_qvalues, association_scan, infer_kind
@@ -43,7 +52,8 @@ from pathosae.run import RunDir
 from pathosae.types import OnError
 
 OUTPUTS = ("associations.parquet", "leakage.parquet", "pathorob.parquet", "directions.safetensors",
-           "directions.json")
+           "directions.json", "controls.parquet")
+GROUND_TRUTH = "groundtruth.parquet"
 _ENCODE_BATCH = 4096
 
 
@@ -77,30 +87,87 @@ class Collected:
     missing: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Baseline:
+    """A feature set embedded beside the main one, and the SAE that encodes it (if any)."""
+
+    features: str
+    store: SlideFeatures
+    sae: CodeModel | None = None
+
+
+TruthScorer = Callable[[Collected, pd.DataFrame], tuple[pd.DataFrame, dict[str, Any]]]
+
+
 # ---- entry point ------------------------------------------------------------------------------
 def run_stage(run: RunDir, cfg: PathosaeConfig, on_error: OnError) -> dict[str, Any]:
     """Run the confounder analysis of a run; skipped when settings and inputs are unchanged."""
     from pathosae.cohort import load_cohort
     from pathosae.features import FeatureStore
     from pathosae.sae import load_sae
+    from pathosae.sae.stage import ground_truth_dir
 
     encoder = cfg.embedding.encoder
     run.require(run.features_dir(encoder), "embed")
     sae_dir = select_sae_dir(run, cfg.confounders.sae)
     cohort = load_cohort(run)
     store = FeatureStore(run, encoder)
+    sources = baseline_sources(run, cfg, sae_dir)
+    gt_dir = ground_truth_dir(run)
     key = settings_hash({
         "confounders": cfg.section_dump("confounders"),
         "label": cfg.cohort.label,
         "cohort_confounders": cfg.cohort.confounders,
         "inputs": input_fingerprint(run, encoder, sae_dir, store.slide_ids),
+        "baselines": {role: input_fingerprint(run, name, sae, store.slide_ids)
+                      for role, (name, sae) in sources.items()},
+        "ground_truth": sha256_file(gt_dir / "params.json") if gt_dir else None,
+        "truth_encoder": cfg.section_dump("embedding") if gt_dir else None,
     })
     out_dir = run.root / "confounders"
     previous = _previous_summary(out_dir)
-    if previous.get("settings_hash") == key and all((out_dir / n).exists() for n in OUTPUTS):
+    expected = [*OUTPUTS, *([GROUND_TRUTH] if gt_dir else [])]
+    if previous.get("settings_hash") == key and all((out_dir / n).exists() for n in expected):
         return {**previous, "skipped": True}
     sae = load_sae(sae_dir)
-    return analyse(store, sae, cohort, cfg, out_dir, key, on_error, sae_name=sae_dir.name)
+    baselines = {}
+    for role, (name, sae_path) in sources.items():
+        role_sae = None if sae_path is None else sae if sae_path == sae_dir else load_sae(sae_path)
+        baselines[role] = Baseline(name, FeatureStore(run, name), role_sae)
+    truth = _truth_scorer(run, gt_dir, cfg, store, sae) if gt_dir else None
+    return analyse(store, sae, cohort, cfg, out_dir, key, on_error, sae_name=sae_dir.name,
+                   baselines=baselines, truth=truth)
+
+
+def baseline_sources(run: RunDir, cfg: PathosaeConfig, sae_dir: Path) -> dict[str, tuple[str, Any]]:
+    """Baseline feature folders present in the run: role -> (folder, SAE folder or None).
+
+    ``stainnorm`` is encoded with the run's SAE (do its confounder units survive stain
+    normalisation?); ``random`` with the SAE the SAE stage trained on the random twin, if any.
+    """
+    from pathosae.sae.stage import RANDOM_ENCODER_SAE
+
+    found: dict[str, tuple[str, Any]] = {}
+    stainnorm = f"{cfg.embedding.encoder}_stainnorm"
+    if run.features_dir(stainnorm).is_dir():
+        found["stainnorm"] = (stainnorm, sae_dir)
+    twin = cfg.embedding.random_twin_name()
+    if twin != cfg.embedding.encoder and run.features_dir(twin).is_dir():
+        twin_sae = sae_dir / RANDOM_ENCODER_SAE
+        found["random"] = (twin, twin_sae if (twin_sae / "sae.safetensors").is_file() else None)
+    return found
+
+
+def _truth_scorer(
+    run: RunDir, gt_dir: Path, cfg: PathosaeConfig, store: SlideFeatures, sae: CodeModel
+) -> TruthScorer:
+    from pathosae.confounders.truth import score_ground_truth
+
+    def score(data: Collected, associations: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
+        return score_ground_truth(run, gt_dir, cfg, data.slides, store.load,
+                                  lambda x: _codes_and_recon(sae, x)[0], associations)
+
+    return score
 
 
 def select_sae_dir(run: RunDir, name: str | None) -> Path:
@@ -121,7 +188,9 @@ def select_sae_dir(run: RunDir, name: str | None) -> Path:
     )
 
 
-def input_fingerprint(run: RunDir, encoder: str, sae_dir: Path, slide_ids: Sequence[str]) -> str:
+def input_fingerprint(
+    run: RunDir, encoder: str, sae_dir: Path | None, slide_ids: Sequence[str]
+) -> str:
     """A hash of what the stage reads: cohort, SAE weights, and each feature file's size/mtime."""
     files = []
     for sid in slide_ids:
@@ -130,8 +199,8 @@ def input_fingerprint(run: RunDir, encoder: str, sae_dir: Path, slide_ids: Seque
         files.append([sid, stat.st_size if stat else None, stat.st_mtime_ns if stat else None])
     return settings_hash({
         "cohort": sha256_file(run.cohort_path),
-        "sae": sha256_file(sae_dir / "sae.safetensors"),
-        "sae_cfg": sha256_file(sae_dir / "cfg.json"),
+        "sae": sha256_file(sae_dir / "sae.safetensors") if sae_dir else None,
+        "sae_cfg": sha256_file(sae_dir / "cfg.json") if sae_dir else None,
         "features": files,
     })
 
@@ -154,6 +223,8 @@ def analyse(
     key: str,
     on_error: OnError = "stop",
     sae_name: str = "sae",
+    baselines: Mapping[str, Baseline] | None = None,
+    truth: TruthScorer | None = None,
 ) -> dict[str, Any]:
     """Compute and write every output of the stage; returns the JSON summary."""
     ccfg = cfg.confounders
@@ -163,19 +234,28 @@ def analyse(
     associations = confirm_hits(associations, data, store, sae, covariates, kinds, cfg)
     associations["settings_hash"] = key
     categorical = [v for v in variables if kinds[v] == "categorical"]
-    reps = representations(data, sae, ccfg.probe_level)
+    extra, skipped_baselines = collect_baselines(baselines or {}, data, cfg)
+    reps = {**representations(data, sae, ccfg.probe_level),
+            **baseline_representations(extra, baselines or {}, ccfg.probe_level)}
     meta = metadata_for(data, ccfg.probe_level)
     leakage = leakage_table(reps, meta, categorical, site_column=ccfg.site_column,
                             n_folds=ccfg.cv_folds, seed=ccfg.seed)
     leakage = pd.concat([leakage.assign(subset="all"), combat_rows(data, categorical, cfg)],
                         ignore_index=True)
     leakage["settings_hash"] = key
-    pathorob = pathorob_rows(data, sae, categorical, cfg)
+    pathorob = pathorob_rows(data, sae, categorical, cfg,
+                             baseline_representations(extra, baselines or {}, "tile"))
     pathorob["settings_hash"] = key
+    twin = (baselines or {}).get("random")
+    twin_codes = extra.get("random") if twin is not None and twin.sae is not None else None
+    controls, controls_summary = control_rows(data, twin_codes, associations, variables,
+                                              covariates, kinds, cfg)
+    controls["settings_hash"] = key
     out_dir.mkdir(parents=True, exist_ok=True)
     write_parquet_atomic(out_dir / "associations.parquet", associations)
     write_parquet_atomic(out_dir / "leakage.parquet", leakage)
     write_parquet_atomic(out_dir / "pathorob.parquet", pathorob)
+    write_parquet_atomic(out_dir / "controls.parquet", controls)
     save_all_directions(out_dir / "directions.safetensors", data, sae, associations,
                         categorical, cfg, key, sae_name)
     plotted = {
@@ -183,8 +263,118 @@ def analyse(
         "leakage": plots.plot_leakage(leakage, out_dir / "leakage.png"),
     }
     summary = summarise(associations, leakage, data, key, plotted, ccfg.fdr_alpha)
+    summary["baselines"] = {
+        **{role: {"features": b.features, "status": "scored"} for role, b in (baselines or {}).items()
+           if role in extra},
+        **skipped_baselines,
+    }
+    summary["pathorob"] = _pathorob_summary(pathorob)
+    summary["controls"] = controls_summary
+    if truth is not None:
+        table, figures = truth(data, associations)
+        table["settings_hash"] = key
+        write_parquet_atomic(out_dir / GROUND_TRUTH, table)
+        summary["ground_truth"] = figures
     write_json_atomic(out_dir / "summary.json", summary)
     return summary
+
+
+class _Identity:
+    """Codes = the features themselves, for a baseline that has no SAE of its own."""
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return z
+
+
+def collect_baselines(
+    baselines: Mapping[str, Baseline], data: Collected, cfg: PathosaeConfig
+) -> tuple[dict[str, Collected], dict[str, dict[str, str]]]:
+    """The same pass over the same slides (and the same sampled tiles) for each baseline.
+
+    A baseline that lacks a slide, or whose tiles differ from the main features', is left out
+    with the reason (its figures would not be comparable).
+    """
+    out, skipped = {}, {}
+    for role, baseline in baselines.items():
+        try:
+            got = collect(baseline.store, baseline.sae or _Identity(), data.slides, cfg, "skip")
+        except PathosaeError as exc:
+            skipped[role] = {"features": baseline.features, "status": "skipped", "reason": str(exc)}
+            continue
+        same = (len(got.slides) == len(data.slides) and np.array_equal(got.n_tiles, data.n_tiles)
+                and np.array_equal(got.tile_slide, data.tile_slide))
+        if not same:
+            skipped[role] = {"features": baseline.features, "status": "skipped",
+                             "reason": "its slides or tiles differ from the main features; "
+                                       "rerun `pathosae embed`"}
+            continue
+        out[role] = got
+    return out, skipped
+
+
+def baseline_representations(
+    extra: Mapping[str, Collected], baselines: Mapping[str, Baseline], level: str
+) -> dict[str, np.ndarray]:
+    """embedding_<role> for every baseline; sae_codes_<role> and sae_residual_<role> with an SAE
+    (slide level). At tile level (PathoROB, and tile probes) only the embeddings."""
+    reps: dict[str, np.ndarray] = {}
+    for role, data in extra.items():
+        sae = baselines[role].sae
+        if level == "tile":  # PathoROB: the baseline embeddings (tile-level probes are costly)
+            reps[f"embedding_{role}"] = data.tile_features
+            continue
+        found = representations(data, sae or _Identity(), level)
+        reps[f"embedding_{role}"] = found["embedding"]
+        if sae is not None:
+            reps[f"sae_codes_{role}"] = found["sae_codes"]
+            reps[f"sae_residual_{role}"] = found["sae_residual"]
+    return reps
+
+
+def control_rows(
+    data: Collected, random: Collected | None, associations: pd.DataFrame, variables: list[str],
+    covariates: list[str], kinds: dict[str, Kind], cfg: PathosaeConfig,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """controls.parquet: scan counts for the SAE and (``random``: slides encoded by the SAE
+    trained on the random-weights twin) the random-encoder SAE, and their permuted nulls."""
+    ccfg = cfg.confounders
+    alpha = ccfg.fdr_alpha
+    frames = [scan_counts(associations, alpha).assign(control="scan", representation="sae")]
+    nulls = {"sae": data}
+    summary: dict[str, Any] = {"scan": {"sae": _counts(frames[0])}}
+    if random is not None:
+        random_assoc = associations_table(random, variables, covariates, kinds, cfg)
+        counts = scan_counts(random_assoc, alpha).assign(control="scan", representation="sae_random")
+        frames.append(counts)
+        summary["scan"]["sae_random"] = _counts(counts)
+        nulls["sae_random"] = random
+    summary["permuted_null"] = {}
+    for name, source in nulls.items():
+        null = permuted_null_repeats(source.codes, source.slides, variables, covariates, kinds,
+                                     alpha, ccfg.seed, correlation=ccfg.correlation)
+        frames.append(null.assign(control="permuted_null", representation=name))
+        summary["permuted_null"][name] = summarise_null(null, alpha)
+    return pd.concat(frames, ignore_index=True), summary
+
+
+def _counts(table: pd.DataFrame) -> dict[str, dict[str, int]]:
+    return {str(r.variable): {"units_flagged": int(r.n_units_flagged), "fdr_pass": int(r.n_fdr_pass),
+                              "tests": int(r.n_tests)} for r in table.itertuples()}
+
+
+def _pathorob_summary(pathorob: pd.DataFrame) -> dict[str, dict[str, float]]:
+    if pathorob.empty:
+        return {}
+    out: dict[str, dict[str, float]] = {}
+    for row in pathorob.itertuples():
+        out[f"{row.confounder}/{row.representation}"] = {
+            "robustness_index": round(float(row.robustness_index), 4),
+            "confounder_auroc": round(float(row.confounder_auroc), 4),
+        }
+    return out
 
 
 def scan_columns(
@@ -387,15 +577,16 @@ def combat_rows(data: Collected, categorical: list[str], cfg: PathosaeConfig) ->
 
 
 def pathorob_rows(
-    data: Collected, sae: CodeModel, categorical: list[str], cfg: PathosaeConfig
+    data: Collected, sae: CodeModel, categorical: list[str], cfg: PathosaeConfig,
+    extra: Mapping[str, np.ndarray] | None = None,
 ) -> pd.DataFrame:
-    """PathoROB metrics on the sampled tiles' embeddings and SAE codes."""
+    """PathoROB metrics on the sampled tiles' embeddings and SAE codes (and ``extra`` ones)."""
     label = cfg.cohort.label
     if label is None or label not in data.slides:
         return pd.DataFrame()
     meta = data.slides.iloc[data.tile_slide].reset_index(drop=True)
     codes = _codes_and_recon(sae, data.tile_features)[0]
-    reps = {"embedding": data.tile_features, "sae_codes": codes}
+    reps = {"embedding": data.tile_features, "sae_codes": codes, **(extra or {})}
     confs = [v for v in categorical if v != label]
     return pathorob_table(reps, meta, label, confs, cfg.confounders.k_neighbors,
                           cfg.confounders.cv_folds, cfg.confounders.seed)

@@ -8,6 +8,7 @@ reading; a failure is returned as data so the main process can skip that slide a
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,10 @@ from pathosae.slides import open_slide
 from pathosae.tiling.reader import TileGeometry, read_tile
 
 MAX_OPEN_SLIDES = 4  # per worker; batches arrive slide by slide, so a few handles suffice
+
+# A pixel transform applied to each tile before the model's own: tile -> (tile, applied). A tile
+# it cannot handle comes back unchanged with applied=False and is counted in ``fallbacks``.
+PixelTransform = Callable[[np.ndarray], tuple[np.ndarray, bool]]
 
 
 @dataclass(frozen=True)
@@ -49,10 +54,17 @@ def plan_batches(slides: list[SlideTiles], batch_size: int) -> list[BatchKey]:
 
 
 class TileBatchDataset(Dataset):
-    """``dataset[BatchKey]`` -> dict with uint8 ``tiles`` (B, H, W, 3) or an ``error`` message."""
+    """``dataset[BatchKey]`` -> dict with uint8 ``tiles`` (B, H, W, 3) or an ``error`` message.
 
-    def __init__(self, slides: list[SlideTiles]) -> None:
+    With a ``pixel_transform`` (e.g. stain normalisation) each tile passes through it in the
+    worker; ``fallbacks`` counts the tiles it returned unchanged.
+    """
+
+    def __init__(
+        self, slides: list[SlideTiles], pixel_transform: PixelTransform | None = None
+    ) -> None:
         self.slides = slides
+        self.pixel_transform = pixel_transform
         self._handles: OrderedDict[str, openslide.OpenSlide] = OrderedDict()
 
     def __len__(self) -> int:
@@ -60,13 +72,18 @@ class TileBatchDataset(Dataset):
 
     def __getitem__(self, key: BatchKey) -> dict[str, Any]:
         slide = self.slides[key.slide]
-        out: dict[str, Any] = {"slide": key.slide, "start": key.start, "stop": key.stop, "error": ""}
+        out: dict[str, Any] = {"slide": key.slide, "start": key.start, "stop": key.stop,
+                               "error": "", "fallbacks": 0}
         try:
             handle = self._handle(slide)
             tiles = [
                 read_tile(handle, int(x), int(y), slide.geometry)
                 for x, y in slide.coords[key.start : key.stop]
             ]
+            if self.pixel_transform is not None:
+                transformed = [self.pixel_transform(tile) for tile in tiles]
+                tiles = [tile for tile, _ in transformed]
+                out["fallbacks"] = sum(not applied for _, applied in transformed)
             out["tiles"] = torch.from_numpy(np.stack(tiles))
         except Exception as exc:
             out["error"] = f"{type(exc).__name__}: {exc}"

@@ -31,6 +31,7 @@ from pathosae.types import OnError
 
 HELD_OUT_SPLITS = ("val", "test")
 COVERAGE_ROWS = 20_000
+RANDOM_ENCODER_SAE = Path("controls") / "random_encoder"  # inside RUN/sae/<name>/
 
 
 def run_stage(run: RunDir, cfg: PathosaeConfig, on_error: OnError) -> dict[str, Any]:
@@ -47,7 +48,8 @@ def run_stage(run: RunDir, cfg: PathosaeConfig, on_error: OnError) -> dict[str, 
     for name in sae_cfg.models:
         out_dir = run.sae_dir(name)
         digest = settings_hash({"sae": sae_cfg.model_dump(mode="json"), "name": name,
-                                "inputs": data["fingerprint"], "seed": cfg.seed})
+                                "inputs": data["fingerprint"], "seed": cfg.seed,
+                                "random_twin": _twin_fingerprint(run, cfg)})
         if _is_current(out_dir, digest):
             summary["models"][name] = {"status": "skipped (unchanged)", "settings_hash": digest}
             continue
@@ -86,6 +88,23 @@ def _split_data(store: Any, features_name: str) -> dict[str, Any]:
             "fingerprint": fingerprint}
 
 
+def _twin_name(cfg: PathosaeConfig) -> str:
+    return f"{cfg.sae.encoder}_random" if cfg.sae.encoder else cfg.embedding.random_twin_name()
+
+
+def _twin_fingerprint(run: RunDir, cfg: PathosaeConfig) -> str | None:
+    """The random-weights twin's features, when its control is on and they exist (else None)."""
+    from pathosae.features import FeatureStore
+
+    twin = _twin_name(cfg)
+    if not cfg.sae.controls.random_encoder or not run.features_dir(twin).is_dir():
+        return None
+    try:
+        return FeatureStore(run, twin)._fingerprint()
+    except (PathosaeError, OSError):
+        return None
+
+
 def _is_current(out_dir: Path, digest: str) -> bool:
     cfg_path = out_dir / CONFIG
     if not cfg_path.is_file():
@@ -99,9 +118,15 @@ def _is_current(out_dir: Path, digest: str) -> bool:
 def _write_model_dir(out_dir: Path, metrics: dict[str, Any], digest: str, features: str) -> None:
     """Write into a temp folder beside the target, then swap it in (never a half folder)."""
     sae: SAE = metrics.pop("_model")
+    twin: SAE | None = metrics.get("controls", {}).get("random_encoder", {}).pop("_model", None)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
+        if twin is not None:  # the random-encoder control's SAE, for the confounder stage
+            save_sae(twin, tmp / RANDOM_ENCODER_SAE, extra_config={
+                "settings_hash": digest, "control": "random_encoder",
+                "features": metrics["controls"]["random_encoder"]["features"],
+            })
         save_sae(sae, tmp, metrics=metrics, extra_config={
             "settings_hash": digest, "features": features,
             "training": metrics.get("training", {}),
@@ -208,7 +233,7 @@ def _random_encoder_control(
     """The same SAE on the random-weights twin's features, when the embedding stage made them."""
     from pathosae.features import FeatureStore
 
-    twin = f"{cfg.sae.encoder}_random" if cfg.sae.encoder else cfg.embedding.random_twin_name()
+    twin = _twin_name(cfg)
     if not run.features_dir(twin).is_dir():
         return {"status": "unavailable",
                 "reason": f"no features of the random-weights twin in {run.features_dir(twin)}; "
@@ -220,6 +245,7 @@ def _random_encoder_control(
     train_x, held_x = RowView(data["matrix"], data["train"]), RowView(data["matrix"], data["held"])
     twin_sae = train_sae(train_x, cfg.sae, architecture=name)
     entry: dict[str, Any] = {
+        "_model": twin_sae,  # saved beside the SAE (RANDOM_ENCODER_SAE), not in metrics.json
         "status": "done", "features": twin,
         "held_out": evaluate_sae(twin_sae, held_x, cfg.sae.eval_max_rows,
                                  dense_threshold=cfg.sae.dense_threshold),
@@ -257,7 +283,7 @@ def _concepts(run: RunDir, cfg: PathosaeConfig, held_index: pd.DataFrame) -> dic
 
 def _phenotype_concepts(run: RunDir, index: pd.DataFrame) -> dict[str, np.ndarray]:
     """``phenotype=<name>`` (tile mostly that phenotype) on a synthetic cohort; else nothing."""
-    gt_dir = _ground_truth_dir(run)
+    gt_dir = ground_truth_dir(run)
     if gt_dir is None:
         return {}
     from pathosae.synth.groundtruth import tile_phenotype_composition
@@ -279,7 +305,7 @@ def _phenotype_concepts(run: RunDir, index: pd.DataFrame) -> dict[str, np.ndarra
     }
 
 
-def _ground_truth_dir(run: RunDir) -> Path | None:
+def ground_truth_dir(run: RunDir) -> Path | None:
     """The synthetic cohort's ground_truth folder, found above the slide files, if any."""
     try:
         from pathosae.cohort import load_cohort

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,7 +11,13 @@ from pathosae.synth.design import SlidePlan, slide_render_rng
 from pathosae.synth.effects import CohortEffects
 from pathosae.synth.layout import MAP_DOWNSAMPLE, class_fractions
 from pathosae.synth.params import PHENOTYPES, SynthParams
-from pathosae.synth.stain import apply_scanner, render_rgb, slide_stain
+from pathosae.synth.stain import (
+    apply_scanner,
+    blur_margin,
+    render_rgb,
+    sensor_noise,
+    slide_stain,
+)
 from pathosae.synth.tissue import draw_tissue
 
 
@@ -64,3 +71,59 @@ def render_slide(
         **scanner.as_record(),
     }
     return RenderedSlide(image=image, classes=tissue.pixel_class, record=record)
+
+
+def render_slide_regions(
+    plan: SlidePlan,
+    seed: int,
+    params: SynthParams,
+    variants: Mapping[str, CohortEffects],
+    corners: np.ndarray,
+    edge: int,
+) -> dict[str, np.ndarray]:
+    """Square level-0 regions of one slide, rendered under each set of cohort effects.
+
+    ``corners`` is (N, 2) int: x, y of each region's top-left corner in level-0 px. Every variant shares the
+    slide's tissue, its slide-level stain jitter and its sensor noise (the same draws as
+    :func:`render_slide`), so two variants differ only by their effects: the variant with the
+    cohort's own effects gives exactly the pixels of :func:`render_slide`, and one built with a
+    strength set to 0 is the counterfactual slide without that effect. Pixels beyond the slide
+    are white, as OpenSlide composites them. Returns uint8 (N, edge, edge, 3) per variant.
+    """
+    rng = slide_render_rng(seed, plan.index)
+    cells = [
+        int(rng.integers(params.slide_px_min, params.slide_px_max + 1)) // MAP_DOWNSAMPLE
+        for _ in range(2)
+    ]
+    cover = rng.uniform(*params.tissue_cover)
+    target = target_fractions(rng, plan.label, params)
+    before_jitter = rng.bit_generator.state
+    stains = {}
+    for name, effects in variants.items():  # the same jitter draws under every variant
+        rng.bit_generator.state = before_jitter
+        stains[name] = slide_stain(effects.batch[(plan.site, plan.stain_batch)], rng, params)
+    tissue = draw_tissue(rng, (cells[0], cells[1]), cover, target)
+    noise = rng.standard_normal(tissue.c_h.shape, dtype=np.float32)  # apply_scanner's own draw
+    channel_noise = [sensor_noise(noise, c) for c in range(3)]
+    height, width = tissue.c_h.shape
+    out = {name: [] for name in variants}
+    for x, y in np.asarray(corners, dtype=np.int64).reshape(-1, 2):
+        for name, effects in variants.items():
+            scanner = effects.scanner[plan.scanner]
+            margin = blur_margin(scanner)
+            x0, y0 = max(0, x - margin), max(0, y - margin)
+            x1, y1 = min(width, x + edge + margin), min(height, y + edge + margin)
+            tile = np.full((edge, edge, 3), 255, np.uint8)
+            if x0 < x1 and y0 < y1:
+                box = (slice(y0, y1), slice(x0, x1))
+                rgb = render_rgb(tissue.c_h[box], tissue.c_e[box], tissue.od_glass[box],
+                                 stains[name])
+                field = np.stack([n[box] for n in channel_noise], axis=-1)
+                image = apply_scanner(rgb, scanner, rng, channel_noise=field)
+                inner = image[max(0, y) - y0 : min(height, y + edge) - y0,
+                              max(0, x) - x0 : min(width, x + edge) - x0]
+                tile[max(0, y) - y : max(0, y) - y + inner.shape[0],
+                     max(0, x) - x : max(0, x) - x + inner.shape[1]] = inner
+            out[name].append(tile)
+    return {name: np.stack(tiles) if tiles else np.zeros((0, edge, edge, 3), np.uint8)
+            for name, tiles in out.items()}

@@ -154,13 +154,21 @@ def render_rgb(
     return rgb
 
 
-def apply_scanner(rgb: np.ndarray, scanner: ScannerEffect, rng: np.random.Generator) -> np.ndarray:
+def apply_scanner(
+    rgb: np.ndarray,
+    scanner: ScannerEffect,
+    rng: np.random.Generator,
+    channel_noise: np.ndarray | None = None,
+) -> np.ndarray:
     """Optics (blur), colour response (gain, gamma), sensor noise; returns uint8 RGB.
 
     Works in place on ``rgb`` (float32, 0-255) to keep memory flat on large slides.
+    ``channel_noise`` (H, W, 3 unit normals), when given, is the sensor noise of each channel
+    instead of a field drawn from ``rng``: a crop of a slide then gets the slide's own noise
+    (see :func:`sensor_noise`).
     """
     gains = (scanner.gain_r, scanner.gain_g, scanner.gain_b)
-    noise = rng.standard_normal(rgb.shape[:2], dtype=np.float32)
+    noise = rng.standard_normal(rgb.shape[:2], dtype=np.float32) if channel_noise is None else None
     levels = np.arange(256 * _LUT_STEPS, dtype=np.float64) / (255 * _LUT_STEPS)
     for channel in range(3):
         plane = rgb[..., channel]
@@ -171,7 +179,20 @@ def apply_scanner(rgb: np.ndarray, scanner: ScannerEffect, rng: np.random.Genera
         index = np.clip(plane * np.float32(_LUT_STEPS), 0, curve.size - 1).astype(np.int32)
         plane = curve[index]
         # One noise field, shifted per channel: independent-looking noise for a third of the draws.
-        plane += np.roll(noise, 7 * channel, axis=1) * np.float32(scanner.noise_sd)
+        if channel_noise is None:
+            plane += np.roll(noise, 7 * channel, axis=1) * np.float32(scanner.noise_sd)
+        else:
+            plane += channel_noise[..., channel] * np.float32(scanner.noise_sd)
         rgb[..., channel] = plane
     np.clip(rgb, 0, 255, out=rgb)
     return np.rint(rgb).astype(np.uint8)
+
+
+def sensor_noise(noise: np.ndarray, channel: int) -> np.ndarray:
+    """The noise ``apply_scanner`` adds to ``channel`` when it draws the field ``noise`` itself."""
+    return np.roll(noise, 7 * channel, axis=1)
+
+
+def blur_margin(scanner: ScannerEffect) -> int:
+    """Pixels a crop needs around it so that the scanner's blur inside equals the full slide's."""
+    return int(3.0 * scanner.blur_sigma_px + 0.5) + 1
