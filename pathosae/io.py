@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -45,7 +46,21 @@ def write_text_atomic(target: str | os.PathLike[str], text: str) -> None:
 
 
 def write_json_atomic(target: str | os.PathLike[str], obj: Any) -> None:
-    write_text_atomic(target, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    """Strict JSON (NaN and infinities become null) so any reader, not only Python, parses it."""
+    text = json.dumps(_finite(obj), indent=2, sort_keys=True, default=_json_default, allow_nan=False)
+    write_text_atomic(target, text + "\n")
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    if hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:  # numpy scalars
+        return _finite(obj.item())
+    return obj
 
 
 def write_parquet_atomic(target: str | os.PathLike[str], frame: pd.DataFrame) -> None:

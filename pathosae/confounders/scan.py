@@ -186,8 +186,14 @@ def association_scan(
     kinds: dict[str, Kind] | None = None,
     correlation: Literal["pearson", "spearman"] = "pearson",
     chunk_units: int = 4096,
+    min_nonzero: float = 0.2,
 ) -> pd.DataFrame:
     """Test every unit (column of ``activations``, samples × units) against every variable.
+
+    A unit non-zero in fewer than ``min_nonzero`` of the samples (a fraction, at least 5
+    samples) is not tested (p is NaN, so it stays out of the FDR correction): an F or t test on a
+    column that is almost all zeros is not valid at small n, and such units passed FDR under
+    permuted metadata far above the nominal rate.
 
     Returns one row per unit × variable: unit, variable, kind, effect (partial eta²),
     signed_effect (partial r; binary and continuous only), slope, statistic (F), df1, df2, p,
@@ -214,8 +220,20 @@ def association_scan(
             for design, values in _scan_group(block, group, spearman):
                 for key, value in values.items():
                     parts[design.variable].setdefault(key, []).append(value)
+    nonzero = _nonzero_counts(activations, chunk_units)
+    testable = nonzero >= max(5, int(np.ceil(min_nonzero * activations.shape[0])))
     frames = [_as_frame(d, parts[d.variable], activations.shape[1]) for d in designs]
+    for frame in frames:
+        frame["n_nonzero"] = nonzero
+        frame.loc[~testable, "p"] = np.nan
     return pd.concat(frames, ignore_index=True)
+
+
+def _nonzero_counts(activations: np.ndarray, chunk_units: int) -> np.ndarray:
+    counts = np.zeros(activations.shape[1], dtype=np.int64)
+    for cols in _unit_chunks(activations.shape[1], chunk_units):
+        counts[cols] = (np.asarray(activations[:, cols]) != 0).sum(axis=0)
+    return counts
 
 
 def _share_groups(designs: list[Design], spearman: bool) -> list[list[Design]]:
@@ -277,7 +295,7 @@ def _check_inputs(activations: np.ndarray, metadata: pd.DataFrame, columns: list
 
 def _empty_table() -> pd.DataFrame:
     columns = ["unit", "variable", "kind", "effect", "signed_effect", "slope", "statistic", "p",
-               "direction", "df1", "df2", "n"]
+               "direction", "df1", "df2", "n", "n_nonzero"]
     return pd.DataFrame({c: [] for c in columns})
 
 
