@@ -124,7 +124,8 @@ def main() -> None:
         return
     bags = make_tensor_cohort(confounding=0.8, site_strength=0.5, tumour_fraction=(0.2, 0.5))
     splits = Splits(bags.split_of("train"), bags.split_of("val"), bags.split_of("test"))
-    cfg = SAECeptionConfig(seeds=list(range(args.seeds)), cycles=args.cycles, aux_weight=args.aux_weight)
+    cfg = SAECeptionConfig(seeds=list(range(args.seeds)), cycles=args.cycles, aux_weight=args.aux_weight,
+                           aux_weight_grid=[], n_top_grid=[])
     print(f"tensor cohort: {bags.n_slides} slides, {bags.x.shape[0]} tiles, dim {bags.dim}; "
           f"train {splits.train.n_slides}, normal test {splits.normal.n_slides}, shifted test "
           f"{splits.shifted.n_slides}; confounding 0.8 (reversed in the shifted test)")

@@ -83,3 +83,13 @@ def test_site_leakage_detects_a_site_signal_inside_classes() -> None:
     assert site_leakage(x, site, y) < 0.65
     x[:, 1] += 2.0 * (site == "A")
     assert site_leakage(x, site, y) > 0.8
+
+
+def test_site_leakage_on_a_small_cohort_shrinks_the_folds() -> None:
+    # three slides per site and class: five folds cannot stratify, three can
+    y = np.repeat([0, 1], 6)
+    site = np.tile(np.repeat(["A", "B"], 3), 2)
+    x = np.random.default_rng(1).normal(size=(12, 3))
+    x[:, 0] += 4.0 * (site == "A")
+    assert site_leakage(x, site, y) >= 0.7  # chance is 0.5
+    assert np.isnan(site_leakage(x, site, y, min_per_site=4))  # too few slides: NaN, no crash

@@ -89,6 +89,21 @@ def test_flags_and_eraser_find_the_planted_site() -> None:
     assert float((out[:, 0] - bags.x[:, 0]).abs().mean()) < 0.3  # the biology is kept
 
 
+def test_dominant_rule_keeps_a_unit_that_carries_more_label_than_site() -> None:
+    bags = _planted(200, 4, "train", 0.8)
+    y = bags.tile_y().float()
+    site = torch.from_numpy((bags.tile_site() == "B").astype("float32"))
+    noise = torch.randn(len(y), 2, generator=torch.Generator().manual_seed(0)) * 0.3
+    mixed = 2.0 * y + 0.6 * site + noise[:, 0]  # mostly biology, some site
+    pure_site = 1.5 * site + noise[:, 1]
+    codes = torch.relu(torch.stack([mixed, pure_site], 1) + 1.0)
+    meta = pd.DataFrame({"label": bags.y.numpy().astype(str), "site": bags.site})
+    by_q = flag_confounded_units(codes, bags.slide, meta, ["site"], "label", 0.05, rule="q")
+    dominant = flag_confounded_units(codes, bags.slide, meta, ["site"], "label", 0.05)
+    assert by_q.tolist() == [True, True]  # both carry the site given the label
+    assert dominant.tolist() == [False, True]  # only the site-dominated unit is dropped
+
+
 def test_monosemanticity_bounds() -> None:
     labels = np.array([0, 0, 1, 1] * 25)
     codes = np.stack([labels == 1, np.tile([1, 0], 50) == 1], 1).astype(float)

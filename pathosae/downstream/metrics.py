@@ -44,25 +44,30 @@ def task_metrics(y: np.ndarray, proba: np.ndarray, site: np.ndarray) -> dict[str
 
 
 def site_leakage(
-    features: np.ndarray, site: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0
+    features: np.ndarray, site: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0,
+    min_per_site: int = 3,
 ) -> float:
     """Cross-validated balanced accuracy of a logistic probe for ``site`` within each class.
 
     Probing within a class means the label cannot carry the site (where the two are correlated a
-    plain probe would read the site off the biology). Classes are weighted by their slide counts;
+    plain probe would read the site off the biology). Sites with fewer than ``min_per_site``
+    slides in a class are left out of that class's probe, and the folds shrink to the smallest
+    site kept (small cohorts still get a number). Classes are weighted by their slide counts;
     chance is ``1 / n_sites``. NaN when no class has two sites with enough slides.
     """
     features = np.asarray(features, dtype=np.float64)
+    floor = max(2, min_per_site)
     scores, weights = [], []
     for c in np.unique(y):
         sel = y == c
         sites, counts = np.unique(site[sel], return_counts=True)
-        ok = np.isin(site[sel], sites[counts >= folds])
-        if (counts >= folds).sum() < 2:
+        if (counts >= floor).sum() < 2:
             continue
+        ok = np.isin(site[sel], sites[counts >= floor])
         xs, ss = features[sel][ok], site[sel][ok]
+        k = int(min(folds, counts[counts >= floor].min()))
         probe = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
-        cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+        cv = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UndefinedMetricWarning)
             pred = cross_val_predict(probe, xs, ss, cv=cv)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,6 +21,12 @@ class EditConfig(BaseModel):
     sae: str | None = Field(None, description="SAE folder under RUN/sae/; null: the only one there.")
     confounders: list[str] | None = Field(
         None, description="Columns to edit out; null: cohort.confounders present in the cohort."
+    )
+    fit_on: Literal["train", "cohort"] = Field(
+        "train", description="Where the default edits' units and directions come from. train: "
+        "a scan of the training slides only (no test label touches an edit); cohort: the "
+        "confounders stage's scan and directions over every slide (test labels included, so "
+        "its test scores are optimistic).",
     )
     flag_alpha: float = Field(0.05, gt=0, lt=1, description="q threshold of units to ablate.")
     max_flagged_units: int = Field(

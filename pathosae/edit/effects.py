@@ -16,12 +16,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import torch
 from torch import Tensor
 
 from pathosae.downstream import AdapterMIL, DownstreamConfig, predict_proba, site_leakage, task_metrics
 from pathosae.downstream.train import train_downstream
 from pathosae.edit.editor import Editor
-from pathosae.errors import PathosaeError
+from pathosae.errors import PathosaeError, StageError
 from pathosae.saeception.cycle import Splits
 
 SplitsEdit = Callable[[Splits], Splits]
@@ -74,6 +75,24 @@ def combat_candidate(site_column: str = "site") -> Candidate:
     return Candidate("combat", "baseline", edit)
 
 
+def replacement_candidate(name: str, replacement: Splits) -> Candidate:
+    """A baseline whose embeddings come from elsewhere for the same tiles (e.g. features of
+    stain-normalised tiles): every split's embeddings are swapped for the replacement's."""
+
+    def edit(splits: Splits) -> Splits:
+        parts = (splits.train, splits.normal, splits.shifted)
+        others = (replacement.train, replacement.normal, replacement.shifted)
+        for part, other in zip(parts, others, strict=True):
+            if not np.array_equal(part.slide_ids, other.slide_ids) or part.x.shape != other.x.shape:
+                raise StageError(
+                    f"{name}: the replacement features do not cover the same slides and tiles. "
+                    "Fix: re-run the embed stage so every slide has them."
+                )
+        return Splits(*(p.with_x(o.x) for p, o in zip(parts, others, strict=True)))
+
+    return Candidate(name, "baseline", edit)
+
+
 def missing_candidate(name: str, reason: str) -> Candidate:
     return Candidate(name, "baseline", None, missing_reason=reason)
 
@@ -103,10 +122,12 @@ def effect_table(
             continue
         try:
             edited = cand.edit(splits)
-        except PathosaeError as exc:
+            _require_finite(cand.name, edited)
+        except (PathosaeError, ValueError, np.linalg.LinAlgError) as exc:
             # A baseline that cannot apply to this cohort (e.g. ComBat with a site absent from
             # training) is reported as missing with its reason instead of stopping the table.
-            missing = Candidate(cand.name, cand.kind, None, missing_reason=str(exc))
+            reason = f"{type(exc).__name__}: {exc}"
+            missing = Candidate(cand.name, cand.kind, None, cand.n_units, cand.draw, reason)
             rows += [_missing_row(missing, mode) for mode in modes]
             continue
         pooled = edited.pooled_test()
@@ -125,6 +146,16 @@ def effect_table(
             row["collateral_bacc_drop"] = reference[mode]["bacc_normal"] - row["bacc_normal"]
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _require_finite(name: str, edited: Splits) -> None:
+    for part, bags in zip(("train", "normal", "shifted"), (edited.train, edited.normal, edited.shifted),
+                          strict=True):
+        if not bool(torch.isfinite(bags.x).all()):
+            raise StageError(
+                f"{name} left NaN or inf in the {part} embeddings (e.g. ComBat with a site that "
+                "has a single training sample). Fix: add slides to that site or drop the baseline."
+            )
 
 
 def _score(cand: Candidate, mode: str, model: AdapterMIL, edited: Splits, leak: float) -> dict[str, object]:

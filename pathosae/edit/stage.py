@@ -1,7 +1,9 @@
 """The edit stage: default edits from the confounder analysis, user specs, and the effect table.
 
 Writes RUN/edits/<name>.json (every spec measured), RUN/edits/effects.parquet and
-RUN/edits/summary.json; skipped when the settings and inputs are unchanged.
+RUN/edits/summary.json; skipped when the settings and inputs are unchanged. The default edits'
+units and directions come from a scan of the training slides (``edit.fit_on: train``), so no
+test label shapes an edit; ``cohort`` reuses the confounders stage's all-slide analysis.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from pathosae.config import PathosaeConfig
+from pathosae.downstream.bags import Bags
 from pathosae.edit.config import EditConfig
 from pathosae.edit.editor import Editor
 from pathosae.edit.effects import (
@@ -21,6 +24,7 @@ from pathosae.edit.effects import (
     editor_candidate,
     effect_table,
     missing_candidate,
+    replacement_candidate,
 )
 from pathosae.edit.spec import Ablate, EditSpec, Leace, ProjectOut, RandomUnits
 from pathosae.io import (
@@ -32,7 +36,7 @@ from pathosae.io import (
     write_text_atomic,
 )
 from pathosae.run import RunDir
-from pathosae.saeception.cycle import Splits
+from pathosae.saeception.cycle import Splits, make_splits
 from pathosae.types import OnError
 
 
@@ -96,6 +100,7 @@ def run_stage(
         "specs": [s.model_dump(mode="json") for s in user_specs],
         "inputs": input_fingerprint(run, cfg.embedding.encoder, sae_dir, store.slide_ids),
         "confounders": [sha256_file(p) if p.exists() else None for p in (directions_path, assoc_path)],
+        "stain_normalised": _folder_fingerprint(run.features_dir(cfg.embedding.stainnorm_name())),
     })
     out_dir = run.root / "edits"
     summary_path = out_dir / "summary.json"
@@ -109,18 +114,21 @@ def run_stage(
         run, cfg, ecfg.site_column, ecfg.downstream.max_tiles_per_slide, ecfg.seed, variables
     )
     variables = [v for v in variables if v == ecfg.site_column or v in bags.meta]
-    splits = Splits(bags.split_of(ecfg.train_split), bags.split_of(ecfg.normal_split),
-                    bags.split_of(ecfg.shifted_split))
+    splits = make_splits(bags, ecfg.train_split, ecfg.normal_split, ecfg.shifted_split)
     sae = load_sae(sae_dir)
     directions: dict[str, np.ndarray] = {}
-    if directions_path.exists():
-        from pathosae.confounders.directions import load_directions
+    if ecfg.fit_on == "train":
+        associations, directions = training_scan(splits.train, sae, variables, ecfg.site_column)
+    else:
+        if directions_path.exists():
+            from pathosae.confounders.directions import load_directions
 
-        directions = load_directions(directions_path)
-    associations = pd.read_parquet(assoc_path) if assoc_path.exists() else None
+            directions = load_directions(directions_path)
+        associations = pd.read_parquet(assoc_path) if assoc_path.exists() else None
     specs, counts = default_specs(variables, associations, directions, ecfg)
     specs += [(s, "edit") for s in user_specs]
-    candidates = build_candidates(specs, counts, sae, directions, ecfg, stain_features=None)
+    stain = stain_normalised_splits(run, cfg, ecfg, splits)
+    candidates = build_candidates(specs, counts, sae, directions, ecfg, stain_features=stain)
     table = effect_table(splits, candidates, ecfg.downstream, ecfg.seed,
                          modes=tuple(ecfg.modes), leakage_folds=ecfg.leakage_folds)
     table.insert(0, "settings_hash", key)
@@ -131,6 +139,48 @@ def run_stage(
                "flagged_units": counts, "sae": sae_dir.name}
     write_json_atomic(summary_path, summary)
     return summary
+
+
+def training_scan(
+    train: Bags, sae: object, variables: list[str], site_column: str
+) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Association scan of the SAE units and mean-difference directions on training slides only.
+
+    Units: slide-aggregated codes (mean, fraction active) against each confounder with the label
+    as a covariate, BH q over the whole table. Directions: per level, the class-conditional mean
+    difference of the training embeddings (``<variable>.mean_difference``, levels × dims).
+    """
+    from pathosae.confounders.aggregate import aggregate_by_group
+    from pathosae.confounders.directions import mean_difference_directions
+    from pathosae.confounders.scan import add_qvalues, association_scan
+    from pathosae.sae.metrics import encode_rows
+
+    codes = encode_rows(sae, train.x).numpy()
+    order, summaries = aggregate_by_group(codes, train.slide.numpy().astype(str), ("mean", "frac_active"))
+    slides = pd.DataFrame({"label": np.array(train.classes)[train.y.numpy()], site_column: train.site,
+                           **train.meta}).iloc[np.asarray(order, dtype=int)].reset_index(drop=True)
+    tile_labels = train.tile_y().numpy()
+    tables, directions = [], {}
+    for var in variables:
+        if slides[var].nunique() < 2:
+            continue
+        for name, matrix in summaries.items():
+            tables.append(association_scan(matrix, slides, [var], covariates=["label"])
+                          .assign(aggregation=name, level="slide"))
+        levels = train.tile_site() if var == site_column else train.meta[var][train.slide.numpy()]
+        directions[f"{var}.mean_difference"] = mean_difference_directions(
+            train.x.double().numpy(), levels, condition=tile_labels
+        )[0].astype(np.float32)
+    table = add_qvalues(pd.concat(tables, ignore_index=True)) if tables else None
+    return table, directions
+
+
+def _folder_fingerprint(folder: Path) -> list[tuple[str, int, int]] | None:
+    """Names, sizes and mtimes of a feature folder's files (None when absent): the stage reruns
+    once stain-normalised features appear or change."""
+    if not folder.is_dir():
+        return None
+    return [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.glob("*.h5"))]
 
 
 def metadata_of(splits: Splits) -> dict[str, np.ndarray]:
@@ -147,15 +197,43 @@ def build_candidates(
     """Candidates for the specs, random-unit draws matching each flagged-unit edit, ComBat and
     stain normalisation (missing unless stain-normalised features exist)."""
     out = [editor_candidate(s.name, kind, Editor(s, sae, directions), metadata_of) for s, kind in specs]
-    for var, n in counts.items():
+    for i, (var, n) in enumerate(counts.items()):
         for draw in range(ecfg.random_draws if n else 0):
-            spec = EditSpec(name=f"random_units_{var}_{draw}", ops=[RandomUnits(count=n, seed=draw)])
+            # Each confounder gets its own draws (equal sizes would otherwise repeat them).
+            seed = ecfg.seed + 1000 * i + draw
+            spec = EditSpec(name=f"random_units_{var}_{draw}", ops=[RandomUnits(count=n, seed=seed)])
             out.append(editor_candidate(spec.name, "random", Editor(spec, sae), metadata_of, draw))
     out.append(combat_candidate(ecfg.site_column))
-    if stain_features is None:
+    if isinstance(stain_features, Splits):
+        out.append(replacement_candidate("stain_normalisation", stain_features))
+    else:
         out.append(missing_candidate(
             "stain_normalisation",
-            "stain normalisation acts on pixels: it needs features embedded from normalised tiles, "
-            "which this run does not have",
+            str(stain_features or "stain normalisation acts on pixels: it needs features embedded "
+                "from normalised tiles (embedding.baselines: [stain_normalised])"),
         ))
     return out
+
+
+def stain_normalised_splits(
+    run: RunDir, cfg: PathosaeConfig, ecfg: EditConfig, splits: Splits
+) -> Splits | str:
+    """The same slides and sampled tiles from the stain-normalised features, or why not."""
+    from pathosae.downstream.bags import Bags
+    from pathosae.features import FeatureStore
+
+    name = cfg.embedding.stainnorm_name()
+    folder = run.features_dir(name)
+    if not folder.is_dir():
+        return (f"no stain-normalised features (RUN/features/{name}); set embedding.baselines: "
+                "[stain_normalised] and re-run the embed stage")
+    main, stain = FeatureStore(run, cfg.embedding.encoder), FeatureStore(run, name)
+    if stain.counts() != main.counts():
+        return (f"RUN/features/{name} does not hold the same slides and tiles as the main "
+                "features (embedding unfinished?); re-run the embed stage")
+    variables = ecfg.confounders or list(cfg.cohort.confounders)
+    index = stain.index()
+    extra = tuple(c for c in variables if c in index.columns and c != ecfg.site_column)
+    bags = Bags.from_tiles(stain.matrix(), index, str(cfg.cohort.label), ecfg.site_column,
+                           ecfg.downstream.max_tiles_per_slide, ecfg.seed, extra)
+    return make_splits(bags, ecfg.train_split, ecfg.normal_split, ecfg.shifted_split)

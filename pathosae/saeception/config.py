@@ -26,6 +26,19 @@ class SAECeptionConfig(BaseModel):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     n_top: int = Field(25, ge=1, description="Units kept per class in the target (top-N).")
     aux_weight: float = Field(0.5, ge=0, description="λ of the auxiliary loss.")
+    aux_weight_grid: list[float] = Field(
+        default_factory=lambda: [0.01, 0.1, 0.2, 0.3, 0.5],
+        description="λ values tried per variant (one cycle, first seed), the best on the "
+        "selection split kept; empty: aux_weight as given.",
+    )
+    n_top_grid: list[int] = Field(
+        default_factory=lambda: [25, 256],
+        description="Top-N values tried with each λ (capped at the SAE width); empty: n_top.",
+    )
+    selection_fraction: float = Field(
+        0.25, gt=0, lt=1, description="Share of training patients (per class) held out to "
+        "choose λ and N; neither test split is used for the choice.",
+    )
     aux_loss: Literal["cosine", "mse"] = Field("cosine", description="1 − cos(h, target) or MSE.")
     cycle_epochs: int = Field(20, ge=1, description="Training epochs of each cycle's model.")
     warm_start: bool = Field(True, description="Each cycle fine-tunes the previous model.")
@@ -49,6 +62,10 @@ class SAECeptionConfig(BaseModel):
     inject_directions: bool = Field(True, description="Project confounder directions out.")
     inject_site_balanced: bool = Field(True, description="Top-N from site-balanced class means.")
     flag_alpha: float = Field(0.05, gt=0, lt=1, description="BH q threshold of flagged units.")
+    flag_rule: Literal["q", "dominant"] = Field(
+        "dominant", description="q: drop every unit with q ≤ flag_alpha; dominant: only those "
+        "where the confounder's partial eta² (given the label) exceeds the label's (given it).",
+    )
     direction_method: Literal["class_site_means", "leace"] = "class_site_means"
     min_cell_tiles: int = Field(
         20, ge=1, description="Tiles a class-and-site cell needs to count in balanced means."

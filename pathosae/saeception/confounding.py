@@ -21,6 +21,7 @@ from pathosae.confounders.scan import add_qvalues, association_scan
 from pathosae.saeception.targets import Eraser, orthonormal_basis, project_out
 
 DirectionMethod = Literal["class_site_means", "leace"]
+FlagRule = Literal["q", "dominant"]
 
 
 def flag_confounded_units(
@@ -30,24 +31,53 @@ def flag_confounded_units(
     variables: list[str],
     label: str = "label",
     alpha: float = 0.05,
+    rule: FlagRule = "dominant",
 ) -> Tensor:
     """Units whose slide-aggregated codes associate with any of ``variables`` (q ≤ alpha).
 
     ``metadata`` has one row per slide (position = ``slide`` id) with the ``label`` column, held
     as a covariate so that a unit carrying the biology is not flagged for the correlated site.
+
+    rule ``q``: every unit with q ≤ alpha. rule ``dominant``: of those, only the units where the
+    confounder explains more than the label does (partial eta² of the confounder given the label
+    above the partial eta² of the label given the confounder, best aggregation of each). Where
+    every tile carries a site shift most units pass the q test, and dropping them all strips the
+    biology out of the target; a unit is only dropped when it carries more site than label.
     """
     slide_ids = slide.numpy().astype(str)
     order, summaries = aggregate_by_group(codes.numpy(), slide_ids, ("mean", "frac_active"))
     meta = metadata.iloc[np.asarray(order, dtype=int)].reset_index(drop=True)
-    tables = []
-    for name, matrix in summaries.items():
-        table = association_scan(matrix, meta, variables, covariates=[label])
-        tables.append(table.assign(aggregation=name))
-    table = add_qvalues(pd.concat(tables, ignore_index=True))
-    mask = np.zeros(codes.shape[1], dtype=bool)
+    n_units = codes.shape[1]
+    mask = np.zeros(n_units, dtype=bool)
     for var in variables:
-        mask |= flagged_units(table, var, alpha, codes.shape[1])
+        if meta[var].nunique() < 2:
+            continue  # nothing to test: one level in training
+        table = add_qvalues(_scan(summaries, meta, [var], [label]))
+        hit = flagged_units(table, var, alpha, n_units)
+        if rule == "dominant":
+            hit &= _best_effect(table, n_units) > _best_effect(
+                _scan(summaries, meta, [label], [var]), n_units
+            )
+        mask |= hit
     return torch.from_numpy(mask)
+
+
+def _scan(
+    summaries: dict[str, np.ndarray], meta: pd.DataFrame, variables: list[str], covariates: list[str]
+) -> pd.DataFrame:
+    tables = [
+        association_scan(matrix, meta, variables, covariates=covariates).assign(aggregation=name)
+        for name, matrix in summaries.items()
+    ]
+    return pd.concat(tables, ignore_index=True)
+
+
+def _best_effect(table: pd.DataFrame, n_units: int) -> np.ndarray:
+    """Per unit, the largest effect (partial eta²) over the table's aggregations; 0 if none."""
+    best = table.assign(effect=table["effect"].fillna(0.0)).groupby("unit")["effect"].max()
+    out = np.zeros(n_units)
+    out[best.index.to_numpy(dtype=int)] = best.to_numpy()
+    return out
 
 
 def confounder_eraser(

@@ -15,6 +15,7 @@ from torch import Tensor
 from pathosae.downstream import AdapterMIL, Bags, predict_proba, site_leakage, task_metrics
 from pathosae.downstream.bags import concat_bags
 from pathosae.downstream.train import cosine_aux, mse_aux, slide_hidden, tile_hidden, train_downstream
+from pathosae.errors import StageError
 from pathosae.saeception.config import SAECeptionConfig, Variant
 from pathosae.saeception.confounding import confounder_eraser, flag_confounded_units
 from pathosae.saeception.metrics import clustering_metrics, monosemanticity
@@ -31,6 +32,36 @@ class Splits:
 
     def pooled_test(self) -> Bags:
         return concat_bags([self.normal, self.shifted])
+
+
+MIN_TRAIN_SLIDES_PER_CLASS = 2
+MIN_EVAL_SLIDES = 2
+
+
+def make_splits(bags: Bags, train: str, normal: str, shifted: str) -> Splits:
+    """Train / normal-test / shifted-test bags, checked to be large enough to train and score.
+
+    The downstream model needs every class in training and the tests need some slides; a
+    cohort too small for that gets one error naming the split and the fix.
+    """
+    splits = Splits(bags.split_of(train), bags.split_of(normal), bags.split_of(shifted))
+    counts = np.bincount(splits.train.y.numpy(), minlength=len(bags.classes))
+    short = [bags.classes[c] for c, n in enumerate(counts) if n < MIN_TRAIN_SLIDES_PER_CLASS]
+    if short:
+        raise StageError(
+            f"split {train!r} has fewer than {MIN_TRAIN_SLIDES_PER_CLASS} slides of class(es) "
+            f"{short} (slides per class: {dict(zip(bags.classes, counts.tolist(), strict=True))}). "
+            "Fix: add slides of those classes, or move patients into the training split "
+            "(cohort.split fractions or the manifest's split column)."
+        )
+    for name, part in ((normal, splits.normal), (shifted, splits.shifted)):
+        if part.n_slides < MIN_EVAL_SLIDES:
+            raise StageError(
+                f"split {name!r} has {part.n_slides} slide(s); the downstream evaluation needs "
+                f"at least {MIN_EVAL_SLIDES}. Fix: give it more patients (cohort.split fractions "
+                "or the manifest's split column)."
+            )
+    return splits
 
 
 @dataclass
@@ -92,7 +123,8 @@ def build_target(
     if injected and cfg.inject_flagged:
         columns = [c for c in confounder_columns(train, cfg) if c in slide_metadata(train, cfg)]
         exclude = flag_confounded_units(
-            codes, train.slide, slide_metadata(train, cfg), columns, "label", cfg.flag_alpha
+            codes, train.slide, slide_metadata(train, cfg), columns, "label", cfg.flag_alpha,
+            cfg.flag_rule,
         )
         info["n_flagged"] = int(exclude.sum())
     sites = train.tile_site() if injected and cfg.inject_site_balanced else None
@@ -156,7 +188,9 @@ def run_variant(
         )
         sae = fit_cycle_sae(tile_hidden(model, splits.train.x), cfg, cycle_seed)
         metrics = evaluate_cycle(model, sae, splits, cfg, seed)
-        row = {"variant": variant, "seed": seed, "cycle": k, **metrics, **info}
+        row = {"variant": variant, "seed": seed, "cycle": k, **metrics, **info,
+               "aux_weight": cfg.aux_weight if variant in AUX_VARIANTS else 0.0,
+               "n_top": cfg.n_top if variant in ("plain", "injected") else None}
         results.append(CycleResult(row, model, sae, info))
         if on_cycle is not None:
             on_cycle(k, results[-1])
@@ -173,16 +207,88 @@ def base_model(splits: Splits, cfg: SAECeptionConfig, seed: int) -> Base:
     return model, sae, evaluate_cycle(model, sae, splits, cfg, seed)
 
 
+AUX_VARIANTS: tuple[Variant, ...] = ("random_target", "plain", "injected")
+
+
+def selection_splits(train: Bags, fraction: float, seed: int) -> Splits:
+    """Training slides cut by patient into an inner training part and a selection part.
+
+    Patients are held out per class (a patient's class is that of its first slide), so both
+    parts keep every class. The selection part stands in for both test splits while λ and N
+    are chosen; neither reported test split is used for the choice.
+    """
+    rng = np.random.default_rng(seed)
+    held: set[str] = set()
+    first = pd.DataFrame({"patient": train.patient, "y": train.y.numpy()}).drop_duplicates("patient")
+    for _, group in first.groupby("y"):
+        patients = group["patient"].to_numpy()
+        n_out = round(fraction * len(patients))
+        if 1 <= n_out < len(patients):
+            held |= set(rng.choice(patients, size=n_out, replace=False).tolist())
+    out = np.isin(train.patient, sorted(held))
+    inner, selection = train.subset(~out), train.subset(out)
+    if len(set(inner.y.tolist())) < len(train.classes) or selection.n_slides < MIN_EVAL_SLIDES:
+        raise StageError(
+            f"the training split ({train.n_slides} slides) is too small to hold out patients "
+            "for choosing λ and N. Fix: add training slides, or set saeception.aux_weight_grid "
+            "and saeception.n_top_grid to [] to use aux_weight and n_top as given."
+        )
+    return Splits(inner, selection, selection)
+
+
+def select_settings(
+    splits: Splits, cfg: SAECeptionConfig, variant: Variant, seed: int
+) -> tuple[SAECeptionConfig, pd.DataFrame]:
+    """λ and N for ``variant``: one cycle from the base model of the inner training part per
+    grid point, scored by balanced accuracy on the held-out training patients; ties go to the
+    largest λ, then the smallest N. Returns the config to run with and the grid's scores."""
+    lambdas = cfg.aux_weight_grid or [cfg.aux_weight]
+    tops = (cfg.n_top_grid or [cfg.n_top]) if variant in ("plain", "injected") else [cfg.n_top]
+    if variant not in AUX_VARIANTS or (len(lambdas) == 1 and len(tops) == 1):
+        return cfg.model_copy(update={"aux_weight": lambdas[0], "n_top": tops[0]}), pd.DataFrame()
+    inner = selection_splits(splits.train, cfg.selection_fraction, seed)
+    model = train_downstream(inner.train, cfg.downstream, seed)
+    sae = fit_cycle_sae(tile_hidden(model, inner.train.x), cfg, seed * 1000)
+    train_cfg = cfg.downstream.model_copy(update={"epochs": cfg.cycle_epochs})
+    aux = cosine_aux if cfg.aux_loss == "cosine" else mse_aux
+    rows = []
+    d_sae = int(cfg.sae_overrides.get("d_sae", cfg.sae_expansion * cfg.downstream.hidden_dim))
+    for n_top in dict.fromkeys(min(t, d_sae) for t in tops):
+        trial = cfg.model_copy(update={"n_top": n_top})
+        target, _ = build_target(variant, model, sae, inner.train, trial, seed * 1000 + 1)
+        for lam in lambdas:
+            fitted = train_downstream(
+                inner.train, train_cfg, seed * 1000 + 1, init=model if cfg.warm_start else None,
+                target=target, aux_weight=lam, aux_loss=aux,
+            )
+            m = task_metrics(inner.normal.y.numpy(), predict_proba(fitted, inner.normal),
+                             inner.normal.site)
+            rows.append({"variant": variant, "aux_weight": lam, "n_top": n_top,
+                         "selection_bacc": m["bacc"], "selection_auroc": m["auroc"]})
+    table = pd.DataFrame(rows)
+    # Best balanced accuracy; among ties the strongest pull (largest λ, then smallest N): the
+    # most sharpening that costs no held-out accuracy.
+    ranked = table.assign(order=np.arange(len(table))).sort_values(
+        ["selection_bacc", "aux_weight", "n_top"], ascending=[False, False, True],
+        kind="stable", na_position="last",
+    )
+    best = ranked.iloc[0]
+    table["chosen"] = np.arange(len(table)) == int(best["order"])
+    chosen = cfg.model_copy(update={"aux_weight": float(best["aux_weight"]), "n_top": int(best["n_top"])})
+    return chosen, table
+
+
 def run_saeception(
     splits: Splits,
     cfg: SAECeptionConfig,
     on_cycle: Callable[[str, int, int, CycleResult], None] | None = None,
 ) -> pd.DataFrame:
-    """All variants × seeds × cycles; one metrics row each."""
+    """All variants × seeds × cycles; one metrics row each (λ and N chosen per variant)."""
+    chosen = {v: select_settings(splits, cfg, v, cfg.seeds[0])[0] for v in cfg.variants}
     rows = []
     for seed in cfg.seeds:
         base = base_model(splits, cfg, seed)
         for variant in cfg.variants:
             hook = None if on_cycle is None else (lambda k, r, v=variant, s=seed: on_cycle(v, s, k, r))
-            rows += [r.row for r in run_variant(splits, cfg, variant, seed, base, hook)]
+            rows += [r.row for r in run_variant(splits, chosen[variant], variant, seed, base, hook)]
     return pd.DataFrame(rows)

@@ -2,7 +2,8 @@
 
 Writes RUN/saeception/cycle_<k>/<variant>_seed<s>/ (model.safetensors, the cycle's SAE and
 info.json), RUN/saeception/metrics.parquet (one row per cycle, variant and seed),
-RUN/saeception/metrics.png and summary.json. Finished (variant, seed) runs are kept in
+RUN/saeception/metrics.png, selection.parquet (the λ/N grid scored on held-out training patients,
+one row per variant and grid point) and summary.json. Finished (variant, seed) runs are kept in
 RUN/saeception/parts/ so a killed stage resumes; the whole stage is skipped when the settings
 and inputs are unchanged.
 """
@@ -19,7 +20,14 @@ from pathosae.config import PathosaeConfig
 from pathosae.io import atomic_path, read_json, settings_hash, write_json_atomic, write_parquet_atomic
 from pathosae.run import RunDir
 from pathosae.saeception.config import SAECeptionConfig
-from pathosae.saeception.cycle import CycleResult, Splits, base_model, run_variant
+from pathosae.saeception.cycle import (
+    CycleResult,
+    Splits,
+    base_model,
+    make_splits,
+    run_variant,
+    select_settings,
+)
 from pathosae.saeception.plots import plot_metrics
 from pathosae.types import OnError
 
@@ -52,8 +60,7 @@ def run_stage(run: RunDir, cfg: PathosaeConfig, on_error: OnError) -> dict[str, 
             return {**previous, "skipped": True}
     bags = load_run_bags(run, cfg, scfg.site_column, scfg.downstream.max_tiles_per_slide, scfg.seeds[0],
                          scfg.confounders)
-    splits = Splits(bags.split_of(scfg.train_split), bags.split_of(scfg.normal_split),
-                    bags.split_of(scfg.shifted_split))
+    splits = make_splits(bags, scfg.train_split, scfg.normal_split, scfg.shifted_split)
     metrics = run_all(splits, scfg, out_dir, key)
     metrics.insert(0, "settings_hash", key)
     write_parquet_atomic(out_dir / "metrics.parquet", metrics)
@@ -65,7 +72,12 @@ def run_stage(run: RunDir, cfg: PathosaeConfig, on_error: OnError) -> dict[str, 
 
 
 def run_all(splits: Splits, scfg: SAECeptionConfig, out_dir: Path, key: str) -> pd.DataFrame:
-    """Every (variant, seed), reusing finished parts written with the same settings hash."""
+    """Every (variant, seed), reusing finished parts written with the same settings hash.
+
+    λ and N are chosen once per variant (held-out training patients, first seed) and written to
+    RUN/saeception/selection.parquet; every seed of the variant then runs with them.
+    """
+    chosen, selection = choose_settings(splits, scfg, out_dir, key)
     frames = []
     for seed in scfg.seeds:
         base = None
@@ -78,13 +90,40 @@ def run_all(splits: Splits, scfg: SAECeptionConfig, out_dir: Path, key: str) -> 
                     continue
             base = base or base_model(splits, scfg, seed)
             results = run_variant(
-                splits, scfg, variant, seed, base,
+                splits, chosen[variant], variant, seed, base,
                 lambda k, r, v=variant, s=seed: save_cycle(out_dir, v, s, k, r),
             )
             frame = pd.DataFrame([r.row for r in results])
             write_parquet_atomic(part, frame.assign(part_hash=key))
             frames.append(frame)
+    if not selection.empty:
+        write_parquet_atomic(out_dir / "selection.parquet", selection.assign(settings_hash=key))
     return pd.concat(frames, ignore_index=True)
+
+
+def choose_settings(
+    splits: Splits, scfg: SAECeptionConfig, out_dir: Path, key: str
+) -> tuple[dict[str, SAECeptionConfig], pd.DataFrame]:
+    """Per variant the config it runs with; the grid scores are cached with the settings hash."""
+    chosen: dict[str, SAECeptionConfig] = {}
+    tables = []
+    for variant in scfg.variants:
+        part = out_dir / "parts" / f"select_{variant}.parquet"
+        table = pd.read_parquet(part) if part.exists() else None
+        if table is not None and (table.empty or table["part_hash"].iloc[0] != key):
+            table = None
+        if table is None:
+            cfg_v, table = select_settings(splits, scfg, variant, scfg.seeds[0])
+            write_parquet_atomic(part, table.assign(part_hash=key))
+        else:
+            table = table.drop(columns="part_hash")
+            best = table[table["chosen"]].iloc[0]
+            cfg_v = scfg.model_copy(update={"aux_weight": float(best["aux_weight"]),
+                                            "n_top": int(best["n_top"])})
+        chosen[variant] = cfg_v
+        tables.append(table)
+    frames = [t for t in tables if not t.empty]
+    return chosen, pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def save_cycle(out_dir: Path, variant: str, seed: int, cycle: int, result: CycleResult) -> None:
@@ -103,5 +142,6 @@ def headline(metrics: pd.DataFrame, cycles: int) -> dict[str, Any]:
     """Mean over seeds of the last cycle, per variant."""
     last = metrics[metrics["cycle"] == cycles]
     cols = ["bacc_normal", "bacc_shifted", "worst_site_bacc_shifted", "site_leakage"]
+    cols += [c for c in ("aux_weight", "n_top") if c in last]
     means = last.groupby("variant")[cols].mean().round(4)
     return {"last_cycle": {v: row.to_dict() for v, row in means.iterrows()}}
