@@ -25,6 +25,7 @@ sample), then writes under RUN/confounders/:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -567,6 +568,11 @@ def combat_rows(data: Collected, categorical: list[str], cfg: PathosaeConfig) ->
             continue
         harmonised = combat_train_apply(data.embedding_mean[known], slides.loc[known, variable],
                                         is_train[known], slides.loc[known, label])
+        if not np.isfinite(harmonised).all():
+            # ComBat cannot estimate a batch with a single training slide: no baseline here.
+            warnings.warn(f"ComBat on {variable!r} gave non-finite values (a batch with too few "
+                          "training slides); its leakage baseline is left out", stacklevel=2)
+            continue
         keep = held[known]
         reps = {"embedding": data.embedding_mean[known][keep], "embedding_combat": harmonised[keep]}
         meta = slides[known].reset_index(drop=True)[keep].reset_index(drop=True)
