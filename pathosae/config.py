@@ -366,7 +366,7 @@ def _yaml_lines(model: BaseModel, indent: int) -> list[str]:
     return lines
 
 
-def _plain(value: Any) -> Any:  # noqa: ANN401
+def _plain(value: Any) -> Any:
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     if isinstance(value, Path):
