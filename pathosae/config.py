@@ -242,7 +242,9 @@ class ConfoundersConfig(Section):
         0.0, ge=0, description="A tile counts as active for a unit when its code exceeds this."
     )
     correlation: Literal["pearson", "spearman"] = Field(
-        "pearson", description="Correlation for continuous columns (spearman ranks first)."
+        "spearman",
+        description="spearman: rank-based tests (units ranked over slides; robust to outlier "
+        "slides, which inflate parametric tests at small n); pearson: parametric F and t tests.",
     )
     fdr_alpha: float = Field(0.05, gt=0, lt=1, description="Benjamini-Hochberg level for flags.")
     n_confirm: int = Field(

@@ -62,8 +62,9 @@ def _make_run(root) -> RunDir:
 def _config():
     return load_config(None, {
         "embedding": {"encoder": ENCODER},
+        # parametric tests here: the planted unit 0 is then the single top hit to confirm
         "confounders": {"n_permutations": 19, "n_confirm": 1, "cv_folds": 3, "k_neighbors": 3,
-                        "covariates": ["label"]},
+                        "covariates": ["label"], "correlation": "pearson"},
     })
 
 

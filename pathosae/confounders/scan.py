@@ -9,7 +9,8 @@ statsmodels OLS fit gives:
   eta² (SS_variable / (SS_variable + SS_residual));
 - continuous column: partial Pearson r on the residuals, t² = dof·r²/(1−r²), two-sided p from t,
   effect = r² (the partial eta² of a 1-df term), signed effect = r (the standardised slope of the
-  residualised unit on the residualised column). ``spearman`` ranks units and column first.
+  residualised unit on the residualised column). ``spearman`` ranks units (and a continuous
+  column) first: rank-based tests.
 
 Dead units (no variance left after the covariates) get p = NaN and are left out of the FDR.
 """
@@ -251,7 +252,10 @@ def _scan_group(
 ) -> Iterator[tuple[Design, dict[str, np.ndarray]]]:
     first = group[0]
     x = block if first.rows.all() else block[first.rows]
-    if spearman and first.kind == "continuous":
+    if spearman:
+        # Rank-based tests: each unit is ranked over the samples (a categorical column then gets
+        # a Kruskal-Wallis-style ANOVA on ranks), robust to the single outlier slides that make
+        # parametric F tests pass FDR under permuted metadata at small n.
         x = stats.rankdata(x, axis=0)
     x = x - x.mean(axis=0)  # centring first keeps the sums of squares exact
     bases = [first.basis, *(d.effect_basis for d in group)]
