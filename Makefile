@@ -31,8 +31,10 @@ system-deps:
 test: lint system-deps
 	$(BIN)/python -m pytest -q
 
+# 40 small slides (not 24 large ones): the same tile count, enough slides per split and site for
+# the slide-level statistics to mean something.
 demo: $(STAMP)
-	$(BIN)/pathosae synth --out $(DEMO_DIR)/cohort --seed 0
+	$(BIN)/pathosae synth --out $(DEMO_DIR)/cohort --seed 0 --slides 40 --min-px 1500 --max-px 2000
 	$(BIN)/pathosae run --manifest $(DEMO_DIR)/cohort/cohort.csv --out $(DEMO_DIR)/run --config configs/default.yaml
 
 bench: $(STAMP)
