@@ -202,13 +202,28 @@ def _saeception(run: RunDir) -> str:
                   "and the no-aux control.") + "".join(_pngs(path.parent, "SAE-ception figures")))
 
 
+# One sentence per figure a stage writes: how to read it.
+FIGURE_HOW = {
+    "heatmap.png": "Signed effect of each significant unit (rows) on each metadata column "
+    "(columns): a unit with a strong site or scanner colour and none for the label is an artefact "
+    "unit; one that tracks the label alone is a phenotype candidate.",
+    "leakage.png": "How well a cross-validated probe predicts each confounder from the raw "
+    "embeddings, the SAE codes, the SAE residual and the baselines: bars near chance mean the "
+    "confounder is not recoverable from that representation.",
+    "metrics.png": "Each SAE-ception variant across cycles (mean over seeds): injected should "
+    "end lowest on site leakage and highest on shifted-test accuracy if injection works.",
+}
+
+
 def _pngs(folder: Path, title: str) -> list[str]:
     images = sorted(folder.glob("*.png")) if folder.exists() else []
     if not images:
         return []
     parts = [f"<h3>{esc(title)}</h3>"]
     for path in images:
-        parts.append(f"<figure>{image_file(path)}<figcaption>{esc(path.name)}</figcaption></figure>")
+        caption = FIGURE_HOW.get(path.name, path.name)
+        parts.append(f"<figure>{image_file(path)}<figcaption class='how'>{esc(caption)}"
+                     "</figcaption></figure>")
     return parts
 
 

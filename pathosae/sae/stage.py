@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -144,11 +145,28 @@ def _write_model_dir(out_dir: Path, metrics: dict[str, Any], digest: str, featur
 
 
 # ---- training, metrics and controls ----------------------------------------------------------
+def _bar(desc: str) -> Callable[[int, int, dict[str, float]], None]:
+    """A progress bar (steps and the summed loss) for one SAE training, closed at its last step."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(desc=desc, unit="step", leave=False, mininterval=0.5)
+
+    def update(step: int, total: int, losses: dict[str, float]) -> None:
+        bar.total = total
+        bar.update(step - bar.n)
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{sum(losses.values()):.4g}", refresh=False)
+        if step >= total:
+            bar.close()
+
+    return update
+
+
 def _train_and_evaluate(run: RunDir, cfg: PathosaeConfig, name: str, data: dict[str, Any]) -> dict[str, Any]:
     sae_cfg = cfg.sae
     matrix, index = data["matrix"], data["index"]
     train_x, held_x = RowView(matrix, data["train"]), RowView(matrix, data["held"])
-    sae = train_sae(train_x, sae_cfg, architecture=name)
+    sae = train_sae(train_x, sae_cfg, architecture=name, progress=_bar(f"sae {name}"))
     held = evaluate_sae(sae, held_x, sae_cfg.eval_max_rows, dense_threshold=sae_cfg.dense_threshold)
     metrics: dict[str, Any] = {
         "_model": sae, "architecture": name, "d_in": sae.d_in, "d_sae": sae.d_sae,
@@ -181,7 +199,8 @@ def _timed(fn: Any, *args: Any) -> dict[str, Any]:
 
 
 def _seed_stability(sae: SAE, train_x: RowView, sae_cfg: SAEConfig, name: str) -> dict[str, Any]:
-    other = train_sae(train_x, sae_cfg, architecture=name, seed=sae_cfg.seed + 1)
+    other = train_sae(train_x, sae_cfg, architecture=name, seed=sae_cfg.seed + 1,
+                      progress=_bar(f"sae {name}: second seed"))
     return {"seeds": [sae_cfg.seed, sae_cfg.seed + 1],
             **controls.match_decoders(sae.W_dec, other.W_dec)}
 
@@ -214,7 +233,8 @@ def _permutation_controls(
         held_groups = None if groups is None else groups[held_rows]
         null_train = controls.permute_per_dimension(train_x, seed + 11, train_groups)
         null_held = controls.permute_per_dimension(held_x, seed + 12, held_groups)
-        null_sae = train_sae(null_train, sae_cfg, architecture=name)
+        null_sae = train_sae(null_train, sae_cfg, architecture=name,
+                             progress=_bar(f"sae {name}: permuted null"))
         entry = {"held_out": evaluate_sae(null_sae, null_held,
                                           dense_threshold=sae_cfg.dense_threshold)}
         if concepts:
@@ -243,7 +263,8 @@ def _random_encoder_control(
     except PathosaeError as exc:
         return {"status": "unavailable", "reason": str(exc)}
     train_x, held_x = RowView(data["matrix"], data["train"]), RowView(data["matrix"], data["held"])
-    twin_sae = train_sae(train_x, cfg.sae, architecture=name)
+    twin_sae = train_sae(train_x, cfg.sae, architecture=name,
+                         progress=_bar(f"sae {name}: random encoder"))
     entry: dict[str, Any] = {
         "_model": twin_sae,  # saved beside the SAE (RANDOM_ENCODER_SAE), not in metrics.json
         "status": "done", "features": twin,
