@@ -82,9 +82,18 @@ def _edit_lines(run: RunDir) -> list[str]:
     best = edits.sort_values("bacc_shifted", ascending=False).iloc[0]
     return [
         f"best edit: {best['edit']} ({best['mode']}): shifted-test balanced accuracy "
-        f"{base['bacc_shifted']:.3f} -> {best['bacc_shifted']:.3f}, site leakage "
-        f"{base['site_leakage']:.3f} -> {best['site_leakage']:.3f}"
+        f"{_num(base['bacc_shifted'])} -> {_num(best['bacc_shifted'])}, site leakage "
+        f"{_num(base['site_leakage'])} -> {_num(best['site_leakage'])}"
     ]
+
+
+def _num(value: object) -> str:
+    """A figure, or why there is none (the within-class site probe needs 3 slides a site)."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return "n/a"
+    return f"{number:.3f}" if number == number else "n/a (too few slides per site and class)"
 
 
 def _saeception_lines(run: RunDir) -> list[str]:
@@ -97,7 +106,8 @@ def _saeception_lines(run: RunDir) -> list[str]:
     last = table[table["cycle"] == table["cycle"].max()]
     cols = [c for c in ("bacc_shifted", "site_leakage") if c in last]
     means = last.groupby("variant")[cols].mean()
-    parts = [f"{v} " + "/".join(f"{means.loc[v, c]:.3f}" for c in cols) for v in means.index]
+    parts = [f"{v} " + "/".join(_num(means.loc[v, c]).split(" ")[0] for c in cols)
+             for v in means.index]
     return [f"SAE-ception, last cycle ({' / '.join(cols)}): " + ", ".join(parts)]
 
 

@@ -166,12 +166,17 @@ def _confounders(run: RunDir) -> str:
             significant = frame[frame["q"] < 0.05]
             out.append(f"<p>{len(significant)} of {len(frame)} unit × variable tests pass "
                        "FDR 0.05 (Benjamini–Hochberg).</p>")
-            out.append(table(frame.sort_values("q").head(20)))
+            shown = [c for c in ("unit", "variable", "aggregation", "level", "effect",
+                                 "signed_effect", "p", "q", "direction", "n_nonzero") if c in frame]
+            out.append(table(frame.sort_values("q").head(20)[shown]))
             out.append(how("Strongest unit–metadata associations on slide-level activations; "
                            "q is the BH-adjusted p-value across all units and variables."))
     leak = folder / "leakage.parquet"
     if leak.exists():
-        out.append("<h3>Leakage</h3>" + table(pd.read_parquet(leak)))
+        leakage = pd.read_parquet(leak)
+        shown = [c for c in ("representation", "variable", "scheme", "balanced_accuracy", "auroc",
+                             "chance_balanced_accuracy", "chance_auroc", "n") if c in leakage]
+        out.append("<h3>Leakage</h3>" + table(leakage[shown], max_rows=60))
         out.append(how("Cross-validated probes predicting each confounder (folds by patient): "
                        "balanced accuracy well above chance means the information is there, "
                        "even where no single unit carries it."))
