@@ -75,3 +75,35 @@ def preflight(cfg: PathosaeConfig, chosen: list[Stage]) -> None:
         check = check_weights(cfg)
         if not check.ok:
             raise ConfigError(f"embedding.weights: {check.detail}. Fix: {check.fix}.")
+
+
+def run_config(run: RunDir, config: Path | None) -> PathosaeConfig:
+    """The config a single-stage command uses: ``--config`` if given, else the one the run recorded."""
+    state = run.read_state()
+    if config is None and "config" in state:
+        return PathosaeConfig.model_validate(state["config"])
+    return load_config(config)
+
+
+def run_one_stage(
+    run_root: Path, config: Path | None, name: str, on_error: OnError, **kwargs: Any
+) -> dict[str, Any]:
+    """One stage by name under the run lock, recorded in run.json like ``pathosae run`` does."""
+    import functools
+    import time
+
+    run = RunDir(run_root)
+    cfg = run_config(run, config)
+    stage = next(s for s in select_stages([name]))
+    fn = functools.partial(stage.load(), **kwargs) if kwargs else stage.load()
+    with run.lock():
+        run.set_stage(name, status="running", started=time.time())
+        t0 = time.perf_counter()
+        try:
+            summary = fn(run, cfg, on_error)
+        except BaseException as exc:
+            run.set_stage(name, status="failed", error=str(exc)[:2000])
+            raise
+        run.set_stage(name, status="done", duration_s=round(time.perf_counter() - t0, 3),
+                      summary=summary)
+    return summary

@@ -14,19 +14,11 @@ def confounders_command(
     on_error: OnErrorOption = "stop",
 ) -> None:
     """Association scan (FDR), leakage probes, PathoROB metrics, directions and plots."""
-    from pathosae.config import load_config
-    from pathosae.confounders.stage import run_stage
-    from pathosae.run import RunDir
+    from pathosae.workflow import run_one_stage
 
-    check_on_error(on_error)
-    run_dir = RunDir(run)
-    cfg = load_config(config)
-    with run_dir.lock():
-        run_dir.set_stage("confounders", status="running")
-        summary = run_stage(run_dir, cfg, on_error)  # type: ignore[arg-type]
-        run_dir.set_stage("confounders", status="done", summary=summary)
+    summary = run_one_stage(run, config, "confounders", check_on_error(on_error))  # type: ignore[arg-type]
     state = "unchanged, skipped" if summary.get("skipped") else "written"
-    typer.echo(f"confounders ({state}) under {run_dir.root / 'confounders'}")
+    typer.echo(f"confounders ({state}) under {run / 'confounders'}")
     typer.echo(f"flagged units (q <= {summary['fdr_alpha']}): {summary['flagged_units']}")
     for key, auroc in summary["probe_auroc"].items():
         typer.echo(f"probe AUROC {key}: {auroc}")

@@ -21,15 +21,8 @@ def edit_command(
     on_error: OnErrorOption = "stop",
 ) -> None:
     """Effect table of SAE edits, LEACE, ComBat and random-unit edits on normal and shifted test."""
-    from pathosae.config import load_config
-    from pathosae.edit.stage import run_stage
-    from pathosae.run import RunDir
+    from pathosae.workflow import run_one_stage
 
-    check_on_error(on_error)
-    run_dir = RunDir(run)
-    cfg = load_config(config)
-    with run_dir.lock():
-        run_dir.set_stage("edit", status="running")
-        summary = run_stage(run_dir, cfg, on_error, extra_specs=spec)  # type: ignore[arg-type]
-        run_dir.set_stage("edit", status="done", summary=summary)
-    typer.echo(f"effects: {run_dir.root / 'edits' / 'effects.parquet'} ({summary['n_rows']} rows)")
+    summary = run_one_stage(run, config, "edit", check_on_error(on_error),  # type: ignore[arg-type]
+                            extra_specs=spec)
+    typer.echo(f"effects: {run / 'edits' / 'effects.parquet'} ({summary['n_rows']} rows)")

@@ -14,16 +14,8 @@ def sharpen_command(
     on_error: OnErrorOption = "stop",
 ) -> None:
     """Train SAE-ception cycles (injected, plain, no-aux, random target) over several seeds."""
-    from pathosae.config import load_config
-    from pathosae.run import RunDir
-    from pathosae.saeception.stage import run_stage
+    from pathosae.workflow import run_one_stage
 
-    check_on_error(on_error)
-    run_dir = RunDir(run)
-    cfg = load_config(config)
-    with run_dir.lock():
-        run_dir.set_stage("saeception", status="running")
-        summary = run_stage(run_dir, cfg, on_error)  # type: ignore[arg-type]
-        run_dir.set_stage("saeception", status="done", summary=summary)
+    summary = run_one_stage(run, config, "sharpen", check_on_error(on_error))  # type: ignore[arg-type]
     for variant, values in summary.get("last_cycle", {}).items():
         typer.echo(f"{variant}: {values}")
