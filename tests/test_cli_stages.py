@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
+from run_helpers import make_cohort, write_config
 from typer.testing import CliRunner
 
 from pathosae.cli import app
 from pathosae.run import RunDir
-from run_helpers import make_cohort, write_config
 
 runner = CliRunner()
 
