@@ -39,10 +39,11 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[test,bench]"
-	$(BIN)/python benchmarks/tiling.py
-	$(BIN)/python benchmarks/embedding.py
-	$(BIN)/python benchmarks/sae_train.py
+	$(BIN)/python benchmarks/tiling.py --repeats 3
+	$(BIN)/python benchmarks/embedding.py --tiles 320 --repeats 3
+	$(BIN)/python benchmarks/sae_train.py --steps 25 --rounds 2
 	$(BIN)/python benchmarks/association.py
+	$(BIN)/python benchmarks/app_speed.py
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache .ruff_cache
