@@ -149,12 +149,17 @@ def test_tile_geometry_round_trips_through_attrs():
     assert math.isclose(geom.tile_size_level0, 448.0)
 
 
-def test_median_blur_matches_ndimage_reflect():
+def test_majority_mask_equals_thresholded_median_blur():
+    """The fast tissue mask is exactly the median-blurred saturation above the threshold."""
     from scipy import ndimage
 
-    from pathosae.tiling.tissue import median_blur
+    from pathosae.tiling.tissue import median_above
 
-    image = np.random.default_rng(1).integers(0, 256, (41, 37), dtype=np.uint8)
-    for size in (1, 3, 7):
-        expected = ndimage.median_filter(image, size=size, mode="reflect")
-        assert np.array_equal(median_blur(image, size), expected)
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 60, (83, 71), dtype=np.uint8)
+    image[20:50, 10:40] += 40  # a tissue-like block with noisy edges
+    for size in (1, 3, 6, 7, 9):
+        for threshold in (10, 20, 45):
+            odd = size // 2 * 2 + 1
+            expected = ndimage.median_filter(image, size=odd, mode="reflect") > threshold
+            assert np.array_equal(median_above(image, size, threshold), expected)

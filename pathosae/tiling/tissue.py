@@ -14,7 +14,6 @@ import numpy as np
 import openslide
 from PIL import Image
 from scipy import ndimage
-from skimage.filters import rank
 
 from pathosae.config import TilingConfig
 from pathosae.tiling.geometry import best_level
@@ -87,24 +86,30 @@ def thumbnail_size(dimensions: tuple[int, int], source_mpp: float, mpp: float) -
 def tissue_mask(rgb: np.ndarray, mpp: float, cfg: TilingConfig) -> np.ndarray:
     """Boolean tissue mask of an RGB thumbnail whose pixels are ``mpp`` µm wide."""
     saturation = np.asarray(Image.fromarray(rgb).convert("HSV"))[..., 1]
-    blurred = median_blur(saturation, cfg.blur_px)
-    mask = blurred > cfg.saturation_threshold
+    mask = median_above(saturation, cfg.blur_px, cfg.saturation_threshold)
     pixel_area = mpp * mpp
     mask = _fill_small_holes(mask, cfg.max_hole_area_um2 / pixel_area)
     return _drop_small_objects(mask, cfg.min_tissue_area_um2 / pixel_area)
 
 
-def median_blur(image: np.ndarray, size: int) -> np.ndarray:
-    """Square median filter of a uint8 image, edges mirrored (as ``ndimage`` mode "reflect").
+def median_above(image: np.ndarray, size: int, threshold: int) -> np.ndarray:
+    """A square median blur of ``image`` (edges mirrored, as ``ndimage`` mode "reflect"), then
+    ``> threshold``, computed exactly without the median.
 
-    skimage's histogram-based rank median is several times faster than ``ndimage`` on uint8.
+    A median commutes with a monotone map such as a threshold, so the blurred-then-thresholded
+    mask is a majority vote of the thresholded pixels in each window: one box sum (integral image)
+    instead of a rank filter.
     """
     radius = size // 2  # an even size is taken as the next odd one
     if radius == 0:
-        return image
-    padded = np.pad(image, radius, mode="symmetric")
-    footprint = np.ones((2 * radius + 1, 2 * radius + 1), dtype=bool)
-    return rank.median(padded, footprint=footprint)[radius:-radius, radius:-radius]
+        return image > threshold
+    window = 2 * radius + 1
+    above = np.pad(image > threshold, radius, mode="symmetric").astype(np.int32)
+    integral = np.zeros((above.shape[0] + 1, above.shape[1] + 1), dtype=np.int32)
+    integral[1:, 1:] = above.cumsum(axis=0).cumsum(axis=1)
+    counts = (integral[window:, window:] - integral[:-window, window:]
+              - integral[window:, :-window] + integral[:-window, :-window])
+    return counts > (window * window) // 2
 
 
 def _drop_small_objects(mask: np.ndarray, min_pixels: float) -> np.ndarray:
