@@ -51,47 +51,12 @@ def build_small_run(root: Path, stages: list[str] | None = None) -> Path:
     config_path.write_text(yaml.safe_dump(_full_config()), encoding="utf-8")
     run, cfg = prepare_run(manifest, root / "run", config_path)
     run_pipeline(run, cfg, stages=stages, echo=lambda _msg: None)
-    _run_late_stages(run, cfg, stages)
     return run.root
 
 
 def _full_config() -> dict[str, Any]:
-    """The small config, with edit / SAE-ception sections when the config model has them."""
-    from pathosae.config import PathosaeConfig
-
-    config = dict(SMALL_CONFIG)
-    if "edit" in PathosaeConfig.model_fields:
-        config["edit"] = SMALL_EDIT
-    if "saeception" in PathosaeConfig.model_fields:
-        config["saeception"] = SMALL_SAECEPTION
-    return config
-
-
-def _run_late_stages(run: Any, cfg: Any, stages: list[str] | None) -> None:
-    """Edit and SAE-ception stages not yet in the registry run here with the small settings."""
-    from pathosae.pipeline import STAGE_NAMES
-
-    late = {"edit": ("pathosae.edit.stage", "edit", SMALL_EDIT),
-            "saeception": ("pathosae.saeception.stage", "saeception", SMALL_SAECEPTION)}
-    for name, (module_name, section, settings) in late.items():
-        if name in STAGE_NAMES or (stages is not None and name not in stages):
-            continue
-        import importlib
-
-        module = importlib.import_module(module_name)
-        module.run_stage(run, _with_section(cfg, section, settings), "stop")
-
-
-def _with_section(cfg: Any, section: str, settings: dict[str, Any]) -> Any:
-    """``cfg`` plus a section its model does not declare yet (read by the stage via getattr)."""
-    from pathosae.edit.config import EditConfig
-    from pathosae.saeception.config import SAECeptionConfig
-
-    model = {"edit": EditConfig, "saeception": SAECeptionConfig}[section]
-    extended = cfg.model_copy()
-    # pydantic looks unknown attributes up in __pydantic_extra__, which is what getattr sees.
-    object.__setattr__(extended, "__pydantic_extra__", {section: model(**settings)})
-    return extended
+    """The small config, edit and SAE-ception sections included."""
+    return {**SMALL_CONFIG, "edit": SMALL_EDIT, "saeception": SMALL_SAECEPTION}
 
 
 def shared_small_run(base: Path) -> Path:

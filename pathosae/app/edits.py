@@ -93,13 +93,12 @@ class EditLab:
     def __init__(self, view: RunView, sae_name: str) -> None:
         from pathosae.downstream import train_downstream
         from pathosae.downstream.runs import load_run_bags
-        from pathosae.edit.stage import edit_config
         from pathosae.saeception.cycle import Splits
 
         view.require("embed")
         self.view, self.sae_name = view, sae_name
         cfg = view.config
-        self.ecfg = edit_config(cfg)
+        self.ecfg = cfg.edit
         variables = self.ecfg.confounders or list(cfg.cohort.confounders)
         bags = load_run_bags(view.run, cfg, self.ecfg.site_column,
                              self.ecfg.downstream.max_tiles_per_slide, self.ecfg.seed, variables)

@@ -6,6 +6,8 @@ slide label. Training is deterministic for a seed on the CPU; splits are by pati
 
 from __future__ import annotations
 
+from pathosae._lazy import lazy_exports
+
 _EXPORTS = {
     "AdapterMIL": "pathosae.downstream.model",
     "Bags": "pathosae.downstream.bags",
@@ -31,10 +33,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    """Import submodules on first use, so reading the config does not import torch."""
-    import importlib
-
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

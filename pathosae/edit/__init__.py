@@ -3,6 +3,8 @@ projections and LEACE, declared as composable specs and measured in one effect t
 
 from __future__ import annotations
 
+from pathosae._lazy import lazy_exports
+
 _EXPORTS = {
     "Candidate": "pathosae.edit.effects",
     "EditConfig": "pathosae.edit.config",
@@ -34,10 +36,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    """Import submodules on first use, so reading the config does not import torch."""
-    import importlib
-
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

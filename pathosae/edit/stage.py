@@ -40,12 +40,6 @@ from pathosae.saeception.cycle import Splits, make_splits
 from pathosae.types import OnError
 
 
-def edit_config(cfg: PathosaeConfig) -> EditConfig:
-    """The ``edit`` section, or the defaults while the run config has none."""
-    section = getattr(cfg, "edit", None)
-    return section if isinstance(section, EditConfig) else EditConfig()
-
-
 def default_specs(
     variables: list[str], associations: pd.DataFrame | None, directions: dict[str, np.ndarray],
     ecfg: EditConfig,
@@ -87,7 +81,7 @@ def run_stage(
     from pathosae.sae import load_sae
 
     del on_error  # slides were validated upstream; nothing here is per-slide
-    ecfg = edit_config(cfg)
+    ecfg = cfg.edit
     spec_paths = [*ecfg.specs, *(extra_specs or [])]
     user_specs = [EditSpec.from_file(p) for p in spec_paths]
     sae_dir = select_sae_dir(run, ecfg.sae)

@@ -4,6 +4,8 @@ class means) and controls (no auxiliary loss, random target, plain SAE-ception).
 
 from __future__ import annotations
 
+from pathosae._lazy import lazy_exports
+
 _EXPORTS = {
     "SAECeptionConfig": "pathosae.saeception.config",
     "VARIANTS": "pathosae.saeception.config",
@@ -15,10 +17,4 @@ _EXPORTS = {
 __all__ = ["VARIANTS", "SAECeptionConfig", "class_means", "sharpened_targets", "top_units"]
 
 
-def __getattr__(name: str) -> object:
-    """Import submodules on first use, so reading the config does not import torch."""
-    import importlib
-
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -32,18 +32,13 @@ from pathosae.saeception.plots import plot_metrics
 from pathosae.types import OnError
 
 
-def saeception_config(cfg: PathosaeConfig) -> SAECeptionConfig:
-    section = getattr(cfg, "saeception", None)
-    return section if isinstance(section, SAECeptionConfig) else SAECeptionConfig()
-
-
 def run_stage(run: RunDir, cfg: PathosaeConfig, on_error: OnError) -> dict[str, Any]:
     from pathosae.confounders.stage import input_fingerprint, select_sae_dir
     from pathosae.downstream.runs import load_run_bags
     from pathosae.features import FeatureStore
 
     del on_error
-    scfg = saeception_config(cfg)
+    scfg = cfg.saeception
     store = FeatureStore(run, cfg.embedding.encoder)
     try:
         inputs = input_fingerprint(run, cfg.embedding.encoder, select_sae_dir(run, None), store.slide_ids)
