@@ -31,6 +31,7 @@ CONFIG = {
 VARIANT_COLS = [
     ("bacc_normal", "bacc normal"), ("bacc_shifted", "bacc shifted"),
     ("worst_site_bacc_shifted", "worst-site shifted"), ("site_leakage", "site leakage"),
+    ("site_separation", "site sep. test"), ("site_separation_train", "site sep. train"),
     ("silhouette", "silhouette"), ("davies_bouldin", "DB"), ("calinski_harabasz", "CH"),
     ("kmeans_ari", "ARI"), ("monosemanticity", "monosem."),
 ]
@@ -139,6 +140,48 @@ def edit_checks(effects: pd.DataFrame) -> list[str]:
     return lines
 
 
+def best_edit_check(effects: pd.DataFrame) -> list[str]:
+    """The best edit (kind ``edit``, by shifted balanced accuracy) against the random-unit edit."""
+    lines = []
+    for mode in sorted(effects["mode"].unique()):
+        part = effects[(effects["mode"] == mode) & effects["missing_reason"].isna()]
+        edits, rand = part[part["kind"] == "edit"], part[part["kind"] == "random"]
+        if edits.empty or rand.empty:
+            continue
+        best = edits.loc[edits["bacc_shifted"].astype(float).idxmax()]
+        a, b = float(best["bacc_shifted"]), _mean(rand, "bacc_shifted")
+        lines.append(f"{'PASS' if a > b else 'FAIL'} [{mode}] best edit {best['edit']} shifted "
+                     f"bacc {a:.3f} vs random-unit edits {b:.3f}")
+    return lines
+
+
+def adapter_table(edits: pd.DataFrame) -> pd.DataFrame:
+    """Per variant: no edit, the flagged-unit ablation and the random draws (mean±sd)."""
+    scored = edits[edits["missing_reason"].isna()].copy()
+    scored["group"] = np.where(scored["kind"] == "random", "random units",
+                               np.where(scored["kind"] == "edit", "ablate flagged", scored["edit"]))
+    rows = []
+    for (variant, group), part in scored.groupby(["variant", "group"], sort=False):
+        row = {"variant": variant, "edit": group, "n": len(part),
+               "units": part["n_units"].astype(float).mean() if "n_units" in part else np.nan}
+        row.update({c: mean_sd(part[c]) for c in EDIT_COLS if c in part})
+        rows.append(row)
+    return pd.DataFrame(rows).set_index(["variant", "edit"])
+
+
+def adapter_checks(edits: pd.DataFrame) -> list[str]:
+    lines = []
+    scored = edits[edits["missing_reason"].isna()]
+    for variant, part in scored.groupby("variant", sort=False):
+        flagged, rand = part[part["kind"] == "edit"], part[part["kind"] == "random"]
+        if flagged.empty or rand.empty:
+            continue
+        a, b = _mean(flagged, "site_leakage"), _mean(rand, "site_leakage")
+        lines.append(f"{'PASS' if a < b else 'FAIL'} [adapter, {variant}] flagged-unit ablation "
+                     f"site leakage {a:.3f} < random units {b:.3f}")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--run", type=Path, help="finished pipeline run to read")
@@ -168,8 +211,15 @@ def main() -> None:
     for mode in sorted(effects["mode"].unique()):
         print(f"edit table, mode={mode} (random-unit edits: mean±sd over draws):")
         print(edit_table(effects, mode).to_string(), "\n")
+    adapter_path = run / "saeception" / "adapter_edits.parquet"
+    adapter = pd.read_parquet(adapter_path) if adapter_path.exists() else pd.DataFrame()
+    if not adapter.empty:
+        print("adapter-layer edits of each variant's last-cycle model through its cycle SAE "
+              "(mean±sd over seeds and draws):")
+        print(adapter_table(adapter).to_string(), "\n")
     print("acceptance checks:")
-    for line in variant_checks(metrics) + edit_checks(effects):
+    checks = variant_checks(metrics) + edit_checks(effects) + best_edit_check(effects)
+    for line in checks + (adapter_checks(adapter) if not adapter.empty else []):
         print("  " + line)
 
 

@@ -5,7 +5,8 @@ run through cohort → tile → embed → sae → confounders with a small CPU c
 are printed side by side: site leakage (probe AUROC from the embeddings, SAE codes and SAE
 residual, patient folds), PathoROB's robustness index for the site, the number of units flagged
 for site and scanner, their precision and recall against the planted effects (counterfactual
-renders), and the permuted-metadata null. With no confounding and no site effect the site figures
+renders) with the AUROC of the scan's ranking of units against them, and the permuted-metadata
+null. With no confounding and no site effect the site figures
 should sit at chance; as the site effect grows, leakage and recall should rise.
 
     python benchmarks/confounding_sweep.py --out /tmp/sweep            # the default grid
@@ -72,9 +73,11 @@ def figures(summary: dict[str, Any]) -> dict[str, Any]:
         "site_true": gt.get("site", {}).get("n_true"),
         "site_prec": gt.get("site", {}).get("precision"),
         "site_rec": gt.get("site", {}).get("recall"),
+        "site_rankAUC": gt.get("site", {}).get("auroc"),
         "scan_units": summary.get("flagged_units", {}).get("scanner", 0),
         "scan_prec": gt.get("scanner", {}).get("precision"),
         "scan_rec": gt.get("scanner", {}).get("recall"),
+        "scan_rankAUC": gt.get("scanner", {}).get("auroc"),
         "null_rep_fdr": f"{null.get('repeats_with_any_fdr_pass')}/{null.get('repeats')}",
         "null_frac_p": null.get("frac_p_below_alpha"),
     }

@@ -247,6 +247,13 @@ class ConfoundersConfig(Section):
         "slides, which inflate parametric tests at small n); pearson: parametric F and t tests.",
     )
     fdr_alpha: float = Field(0.05, gt=0, lt=1, description="Benjamini-Hochberg level for flags.")
+    scan_permutations: int = Field(
+        100_000, ge=0,
+        description="Most slide permutations behind one test's p-value (sequential: 1,000 for "
+        "every test with parametric p <= 0.1, more only while fewer than 10 permuted statistics "
+        "reach the observed one; the floor of p is 1/(this + 1)). 0: parametric F/t p-values, "
+        "whose tails are too light for sparse units at tens of slides.",
+    )
     n_confirm: int = Field(
         10, ge=0, description="Top hits per column confirmed by a mixed model and a permutation."
     )

@@ -15,6 +15,7 @@ from pathosae.confounders.confirm import mixed_model_p, permutation_p
 from pathosae.confounders.groundtruth import (
     permuted_null,
     precision_recall,
+    ranking_auroc,
     score_against_truth,
     true_effect_units,
 )
@@ -193,6 +194,9 @@ def test_ground_truth_scoring() -> None:
     scores = score_against_truth(table, "site", truth)
     assert scores["recall"] == 1.0 and scores["precision"] >= 0.8
     assert precision_recall(np.zeros(3, bool), np.ones(3, bool))["recall"] == 0.0
+    ranking = ranking_auroc(table, "site", truth)
+    assert ranking["auroc"] > 0.95 and ranking["n_true_tested"] == 4
+    assert ranking_auroc(table, "site", ~truth)["auroc"] < 0.1  # the ranking is not symmetric
 
 
 def test_rank_scan_is_calibrated_on_heavy_tailed_null_units():

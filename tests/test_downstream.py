@@ -16,6 +16,7 @@ from pathosae.downstream import (
     train_downstream,
 )
 from pathosae.downstream.bags import concat_bags
+from pathosae.downstream.metrics import site_leakage_report
 from pathosae.errors import StageError
 
 
@@ -92,4 +93,75 @@ def test_site_leakage_on_a_small_cohort_shrinks_the_folds() -> None:
     x = np.random.default_rng(1).normal(size=(12, 3))
     x[:, 0] += 4.0 * (site == "A")
     assert site_leakage(x, site, y) >= 0.7  # chance is 0.5
-    assert np.isnan(site_leakage(x, site, y, min_per_site=4))  # too few slides: NaN, no crash
+    report = site_leakage_report(x, site, y, min_per_site=4)  # too few per class: pooled probe
+    assert report.estimator == "slide_class_centred" and report.value >= 0.7
+
+
+def _tiny_cohort(per_cell: int, tiles: int = 10, site_effect: float = 3.0, seed: int = 0):
+    """Two classes × two sites, ``per_cell`` slides each; tiles carry a site shift on dim 0."""
+    g = np.random.default_rng(seed)
+    y = np.repeat([0, 1], 2 * per_cell)
+    site = np.tile(np.repeat(["A", "B"], per_cell), 2)
+    n = len(y)
+    tiles_x = g.normal(size=(n, tiles, 4))
+    tiles_x[:, :, 0] += site_effect * (site == "A")[:, None]
+    tiles_x[:, :, 1] += 2.0 * y[:, None]
+    return tiles_x, site, y
+
+
+def test_leakage_falls_back_to_tiles_grouped_by_slide() -> None:
+    tiles_x, site, y = _tiny_cohort(per_cell=2)
+    slide_x = tiles_x.mean(1)
+    tile_x, tile_slide = tiles_x.reshape(-1, 4), np.repeat(np.arange(len(y)), tiles_x.shape[1])
+    assert site_leakage_report(slide_x, site, y).estimator != "slide_within_class"
+    report = site_leakage_report(slide_x, site, y, tile_features=tile_x, tile_slide=tile_slide)
+    assert report.estimator == "tile_within_class" and report.value > 0.9
+    assert report.columns()["site_leakage_estimator"] == "tile_within_class"
+    # Without tiles the class-centred slide probe answers.
+    assert site_leakage_report(slide_x, site, y).estimator == "slide_class_centred"
+
+
+def test_tile_fallback_does_not_read_the_site_off_the_slide_identity() -> None:
+    # No site effect, but every slide has a strong offset of its own: folds that split a slide's
+    # tiles between train and test would find the site through the slide (near 1.0).
+    tiles_x, site, y = _tiny_cohort(per_cell=6, tiles=20, site_effect=0.0, seed=2)
+    tiles_x += np.random.default_rng(3).normal(scale=5.0, size=(len(y), 1, 4))
+    tile_x, tile_slide = tiles_x.reshape(-1, 4), np.repeat(np.arange(len(y)), 20)
+    report = site_leakage_report(tiles_x.mean(1), site, y, min_per_site=7,
+                                 tile_features=tile_x, tile_slide=tile_slide)
+    assert report.estimator == "tile_within_class"
+    assert report.value < 0.75  # chance is 0.5
+
+
+def test_one_slide_per_site_and_class_still_gets_the_pooled_number() -> None:
+    tiles_x, site, y = _tiny_cohort(per_cell=1)
+    report = site_leakage_report(tiles_x.mean(1), site, y)
+    assert report.estimator == "slide_class_centred" and np.isfinite(report.value)
+
+
+def test_leakage_is_nan_only_when_nothing_can_be_fitted() -> None:
+    tiles_x, _, y = _tiny_cohort(per_cell=3)
+    confounded = np.where(y == 1, "A", "B")  # every class from one site
+    report = site_leakage_report(tiles_x.mean(1), confounded, y)
+    assert np.isnan(report.value) and report.estimator is None
+    assert "single site" in report.reason
+    one_site = site_leakage_report(tiles_x.mean(1), np.full(len(y), "A"), y)
+    assert np.isnan(one_site.value) and "one site" in one_site.reason
+
+
+def test_site_separation_is_zero_without_site_means_and_grows_with_them() -> None:
+    from pathosae.downstream.metrics import site_separation
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 20)
+    site = np.tile(np.repeat(["a", "b"], 10), 2)
+    x = rng.normal(size=(40, 8))
+    for c in (0, 1):  # remove every site's mean within each class: nothing between sites
+        for s in ("a", "b"):
+            cell = (y == c) & (site == s)
+            x[cell] -= x[cell].mean(0)
+    assert site_separation(x, site, y) < 1e-12
+    shifted = x + (site == "a")[:, None] * 1.0
+    assert 0.15 < site_separation(shifted, site, y) < 0.3  # 40 between of ~185 per class
+    assert site_separation(shifted + y[:, None] * 5.0, site, y) == pytest.approx(
+        site_separation(shifted, site, y))  # class offsets are not site

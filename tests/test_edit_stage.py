@@ -3,6 +3,7 @@ confounders → edit → sharpen), checked for the structure and invariants of t
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -125,3 +126,49 @@ def test_a_tiny_cohort_runs_or_stops_with_the_fix(small_synth_cohort: Path, tmp_
             assert "Fix:" in str(exc) and "split" in str(exc)
         else:
             assert (tmp_path / "run" / table).is_file()
+
+
+def test_sharpen_writes_adapter_edits_of_every_last_cycle_model(stage_run: Path) -> None:
+    edits = pd.read_parquet(stage_run / "saeception" / "adapter_edits.parquet")
+    assert edits["settings_hash"].nunique() == 1 and (edits["mode"] == "applied").all()
+    assert set(zip(edits["variant"], edits["seed"], strict=True)) == {(v, s) for v in VARIANTS for s in SEEDS}
+    assert (edits["cycle"] == CYCLES).all() and (edits["layer"] == "adapter").all()
+    for col in ("site_leakage_estimator", "flip_rate", "collateral_bacc_drop", "held_out_site"):
+        assert col in edits.columns, col
+    summary = json.loads((stage_run / "saeception" / "summary.json").read_text())
+    assert "adapter_edits" in summary and "held_out_site" in summary
+
+
+def test_cli_edit_applies_a_spec_to_an_saeception_model(stage_run: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from pathosae.cli import app
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({"name": "ablate_two", "ops": [{"op": "ablate", "units": [0, 1]}]}))
+    model = f"cycle_{CYCLES}/injected_seed0"
+    result = CliRunner().invoke(app, ["edit", "--run", str(stage_run), "--spec", str(spec),
+                                      "--model", model])
+    assert result.exit_code == 0, result.output
+    table = pd.read_parquet(stage_run / "edits" / "adapter_effects.parquet")
+    assert list(table["edit"]) == ["no_edit", "ablate_two"] and set(table["model"]) == {model}
+    assert table.loc[1, "n_units"] == 2 and np.isfinite(table["bacc_shifted"].to_numpy(float)).all()
+    # The embedding table was not recomputed for the adapter spec.
+    summary = json.loads((stage_run / "edits" / "summary.json").read_text())
+    assert summary["adapter_edits"] == ["ablate_two"]
+    bad = CliRunner().invoke(app, ["edit", "--run", str(stage_run), "--spec", str(spec),
+                                   "--model", "cycle_9/nothing_seed0"])
+    assert bad.exit_code != 0 and "cycle_9/nothing_seed0" in str(bad.output) + str(bad.exception)
+
+
+def test_leave_one_site_out_on_a_run(stage_run: Path, tmp_path: Path) -> None:
+    from pathosae.workflow import run_one_stage
+
+    config = _config(tmp_path, {"edit": {**TINY["edit"], "modes": ["applied"], "random_draws": 1,
+                                         "shifted_split": "leave_one_site_out"}})
+    summary = run_one_stage(stage_run, config, "edit", "stop")
+    site = summary["held_out_site"]
+    effects = pd.read_parquet(stage_run / "edits" / "effects.parquet")
+    assert (effects["held_out_site"] == site).all()
+    per_site = json.loads(effects.loc[effects["edit"] == "no_edit", "per_site_bacc_shifted"].iloc[0])
+    assert set(per_site) == {site}  # the shifted test is that site alone

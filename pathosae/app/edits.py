@@ -93,7 +93,7 @@ class EditLab:
     def __init__(self, view: RunView, sae_name: str) -> None:
         from pathosae.downstream import train_downstream
         from pathosae.downstream.runs import load_run_bags
-        from pathosae.saeception.cycle import Splits
+        from pathosae.downstream.splits import cohort_splits
 
         view.require("embed")
         self.view, self.sae_name = view, sae_name
@@ -102,9 +102,7 @@ class EditLab:
         variables = self.ecfg.confounders or list(cfg.cohort.confounders)
         bags = load_run_bags(view.run, cfg, self.ecfg.site_column,
                              self.ecfg.downstream.max_tiles_per_slide, self.ecfg.seed, variables)
-        self.splits = Splits(bags.split_of(self.ecfg.train_split),
-                             bags.split_of(self.ecfg.normal_split),
-                             bags.split_of(self.ecfg.shifted_split))
+        self.splits, self.held_out_site = cohort_splits(bags, self.ecfg)
         self.sae = view.load_sae(sae_name)
         self.directions = view.directions()
         self.model = train_downstream(self.splits.train, self.ecfg.downstream, self.ecfg.seed)

@@ -53,6 +53,7 @@ def permuted_null_repeats(
     seed: int,
     repeats: int = NULL_REPEATS,
     correlation: str = "pearson",
+    max_permutations: int = 0,
 ) -> pd.DataFrame:
     """One row per repeat: the slide-level scan of every aggregation on shuffled metadata."""
     rng = np.random.default_rng(seed)
@@ -61,7 +62,8 @@ def permuted_null_repeats(
         order = rng.permutation(len(slides))
         shuffled = slides.iloc[order].reset_index(drop=True)
         frames = [
-            association_scan(matrix, shuffled, variables, covariates, kinds, correlation)  # type: ignore[arg-type]
+            association_scan(matrix, shuffled, variables, covariates, kinds,  # type: ignore[arg-type]
+                             correlation, max_permutations=max_permutations, seed=seed + repeat)
             for matrix in codes.values()
         ]
         table = add_qvalues(pd.concat(frames, ignore_index=True))
@@ -81,9 +83,11 @@ def summarise_null(null: pd.DataFrame, alpha: float) -> dict[str, float | int]:
     """The null's headline figures with what a valid test would give."""
     if null.empty:
         return {}
+    n_tests = int(null["n_tests"].sum())
+    below = int(null["n_p_below_alpha"].sum())
     return {
         "repeats": len(null),
-        "frac_p_below_alpha": round(float(null["n_p_below_alpha"].sum() / null["n_tests"].sum()), 4),
+        "frac_p_below_alpha": round(below / n_tests, 4) if n_tests else float("nan"),
         "expected_frac_p_below_alpha": alpha,
         "fdr_passes_total": int(null["n_fdr_pass"].sum()),
         "repeats_with_any_fdr_pass": int((null["n_fdr_pass"] > 0).sum()),

@@ -61,6 +61,27 @@ def precision_recall(flagged: np.ndarray, truth: np.ndarray) -> dict[str, float]
     }
 
 
+def ranking_auroc(associations: pd.DataFrame, variable: str, truth: np.ndarray) -> dict[str, float]:
+    """Threshold-free score: AUROC of the scan's ranking (each unit's smallest slide-level p for
+    ``variable``) at telling true units from the others, over the units the scan tested."""
+    from sklearn.metrics import roc_auc_score
+
+    table = associations[associations["variable"] == variable]
+    if "level" in table:
+        table = table[table["level"] == "slide"]
+    best = table.groupby("unit")["p"].min()
+    best = best[np.isfinite(best.to_numpy(float))]
+    units = best.index.to_numpy(int)
+    units = units[units < len(truth)]
+    labels = np.asarray(truth, dtype=bool)[units]
+    n_true = int(labels.sum())
+    if n_true == 0 or n_true == len(labels):
+        return {"n_tested": len(units), "n_true_tested": n_true, "auroc": float("nan")}
+    score = -np.log10(np.maximum(best.loc[units].to_numpy(float), 1e-300))
+    return {"n_tested": len(units), "n_true_tested": n_true,
+            "auroc": float(roc_auc_score(labels, score))}
+
+
 def flagged_units(associations: pd.DataFrame, variable: str, alpha: float, n_units: int) -> np.ndarray:
     """Units with q ≤ alpha for ``variable`` in any aggregation."""
     hits = associations[(associations["variable"] == variable) & (associations["q"] <= alpha)]

@@ -26,10 +26,14 @@ import pandas as pd
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
+from pathosae.confounders.calibrate import permutation_pvalues
 from pathosae.errors import PathosaeError
 
 Kind = Literal["categorical", "continuous"]
 _TINY = 1e-12  # relative size below which a sum of squares counts as zero
+# Parametric p above this is left as it is by the calibration: BH never reaches it (its largest
+# threshold is alpha) and calibrated p-values differ from parametric ones by small factors only.
+CALIBRATE_BELOW = 0.1
 
 
 @dataclass(frozen=True)
@@ -188,6 +192,8 @@ def association_scan(
     correlation: Literal["pearson", "spearman"] = "pearson",
     chunk_units: int = 4096,
     min_nonzero: float = 0.2,
+    max_permutations: int = 0,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """Test every unit (column of ``activations``, samples × units) against every variable.
 
@@ -199,6 +205,11 @@ def association_scan(
     Returns one row per unit × variable: unit, variable, kind, effect (partial eta²),
     signed_effect (partial r; binary and continuous only), slope, statistic (F), df1, df2, p,
     direction (the level with the highest adjusted mean, or +/-), n. Add q with ``add_qvalues``.
+
+    ``max_permutations`` > 0 replaces p by a permutation p-value (sequential, up to that many
+    permutations of the slides; see :mod:`pathosae.confounders.calibrate`) for every test whose
+    parametric p (kept as ``p_parametric``) is at most ``CALIBRATE_BELOW``: the others are far
+    from any FDR threshold. ``n_permutations`` says how many each test used (0: parametric).
     """
     covariates = list(covariates or [])
     kinds = dict(kinds or {})
@@ -227,7 +238,29 @@ def association_scan(
     for frame in frames:
         frame["n_nonzero"] = nonzero
         frame.loc[~testable, "p"] = np.nan
+    if max_permutations > 0:
+        for design, frame in zip(designs, frames, strict=True):
+            _calibrate(activations, design, frame, spearman, max_permutations, seed, chunk_units)
     return pd.concat(frames, ignore_index=True)
+
+
+def _calibrate(
+    activations: np.ndarray, design: Design, frame: pd.DataFrame, spearman: bool,
+    max_permutations: int, seed: int, chunk_units: int,
+) -> None:
+    """Replace the frame's p by permutation p-values where they could matter."""
+    frame["p_parametric"] = frame["p"]
+    p = frame["p"].to_numpy(float).copy()
+    used = np.zeros(len(p), dtype=np.int64)
+    units = np.flatnonzero(p <= CALIBRATE_BELOW)
+    for cols in _unit_chunks(len(units), chunk_units):
+        x = np.asarray(activations[:, units[cols]], dtype=np.float64)[design.rows]
+        if spearman:
+            x = stats.rankdata(x, axis=0)
+        p[units[cols]], used[units[cols]] = permutation_pvalues(
+            x - x.mean(axis=0), design.basis, design.effect_basis, max_permutations, seed)
+    frame["p"] = p
+    frame["n_permutations"] = used
 
 
 def _nonzero_counts(activations: np.ndarray, chunk_units: int) -> np.ndarray:

@@ -355,7 +355,8 @@ def control_rows(
     summary["permuted_null"] = {}
     for name, source in nulls.items():
         null = permuted_null_repeats(source.codes, source.slides, variables, covariates, kinds,
-                                     alpha, ccfg.seed, correlation=ccfg.correlation)
+                                     alpha, ccfg.seed, correlation=ccfg.correlation,
+                                     max_permutations=ccfg.scan_permutations)
         frames.append(null.assign(control="permuted_null", representation=name))
         summary["permuted_null"][name] = summarise_null(null, alpha)
     return pd.concat(frames, ignore_index=True), summary
@@ -483,7 +484,8 @@ def associations_table(
     frames = []
     for level, meta, matrices in levels:
         for aggregation, matrix in matrices.items():
-            table = association_scan(matrix, meta, variables, covariates, kinds, ccfg.correlation)
+            table = association_scan(matrix, meta, variables, covariates, kinds, ccfg.correlation,
+                                     max_permutations=ccfg.scan_permutations, seed=ccfg.seed)
             table.insert(2, "aggregation", aggregation)
             table.insert(3, "level", level)
             table["n_slides"] = table["variable"].map(_slides_tested(meta, covariates))

@@ -21,10 +21,15 @@ import pandas as pd
 import torch
 
 from pathosae.config import PathosaeConfig
-from pathosae.confounders.groundtruth import effect_ratio, flagged_units, precision_recall
+from pathosae.confounders.groundtruth import (
+    effect_ratio,
+    flagged_units,
+    precision_recall,
+    ranking_auroc,
+)
 from pathosae.run import RunDir
 
-MAX_TILES = 256
+MAX_TILES = 768
 MAX_SLIDES = 64
 MIN_EFFECT = 0.5  # true unit: between-level spread of the planted change ≥ 0.5 planted SDs
 EFFECT_COLUMNS = {"site": "no_site", "scanner": "no_scanner"}  # variable -> counterfactual
@@ -73,7 +78,8 @@ def score_ground_truth(
         ratio = effect_ratio(slide_codes["planted"], slide_codes[counterfactual], chosen[variable])
         truth = np.where(np.isfinite(ratio), ratio >= MIN_EFFECT, False)
         flagged = flagged_units(associations, variable, ccfg.fdr_alpha, n_units)
-        figures[variable] = {k: _round(v) for k, v in precision_recall(flagged, truth).items()}
+        scores = {**precision_recall(flagged, truth), **ranking_auroc(associations, variable, truth)}
+        figures[variable] = {k: _round(v) for k, v in scores.items()}
         rows.append(pd.DataFrame({"unit": np.arange(n_units), "effect": variable,
                                   "effect_ratio": ratio, "true_unit": truth, "flagged": flagged}))
     table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()

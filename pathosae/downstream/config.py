@@ -1,8 +1,8 @@
-"""Settings of the downstream adapter + attention-MIL model."""
+"""Settings of the downstream adapter + attention-MIL model and of its train/test splits."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class DownstreamConfig(BaseModel):
@@ -20,3 +20,36 @@ class DownstreamConfig(BaseModel):
     max_tiles_per_slide: int = Field(
         256, ge=1, description="Tiles sampled per slide (seeded) so bags fit in memory."
     )
+
+
+LEAVE_ONE_SITE_OUT = "leave_one_site_out"
+
+
+class SplitSettings(BaseModel):
+    """Which slides train the downstream model and which test it (shared by the edit and
+    SAE-ception stages). ``shifted_split: leave_one_site_out`` makes every slide of one site the
+    shifted test, for cohorts whose manifest has no split with the label–site link broken."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    site_column: str = "site"
+    train_split: str = "train"
+    normal_split: str = Field("val", description="Held-out split with the training correlation.")
+    shifted_split: str = Field(
+        "test", description="Split where the label–site link is broken, or leave_one_site_out: "
+        "every slide of held_out_site is the shifted test and leaves the train and normal splits.",
+    )
+    held_out_site: str | None = Field(
+        None, description="With shifted_split: leave_one_site_out, the site held out; null: the "
+        "site whose label mix differs most from the rest of the cohort (ties: first by name) "
+        "among those whose removal leaves every class in training.",
+    )
+
+    @model_validator(mode="after")
+    def _held_out_site_needs_loso(self) -> SplitSettings:
+        if self.held_out_site is not None and self.shifted_split != LEAVE_ONE_SITE_OUT:
+            raise ValueError(
+                f"held_out_site is set but shifted_split is {self.shifted_split!r}; set "
+                f"shifted_split: {LEAVE_ONE_SITE_OUT} or held_out_site: null"
+            )
+        return self

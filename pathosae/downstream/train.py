@@ -83,14 +83,26 @@ def _pad_like(bags: Bags, values: Tensor) -> Tensor:
 
 @torch.no_grad()
 def predict_proba(model: AdapterMIL, bags: Bags, chunk: int = 256) -> np.ndarray:
-    """Slide class probabilities ``(S, C)``."""
+    """Slide class probabilities ``(S, C)`` from tile embeddings."""
+    return _predict(model, bags, chunk, lambda x, mask: model(x, mask)[0])
+
+
+@torch.no_grad()
+def predict_proba_hidden(model: AdapterMIL, hidden: Bags, chunk: int = 256) -> np.ndarray:
+    """Slide class probabilities ``(S, C)`` from adapter-layer activations: ``hidden.x`` holds
+    ``h`` per tile (e.g. edited), and only the attention-MIL head runs on it."""
+    return _predict(model, hidden, chunk, lambda h, mask: model.classifier(model.pool(h, mask)[0]))
+
+
+def _predict(
+    model: AdapterMIL, bags: Bags, chunk: int, logits_of: Callable[[Tensor, Tensor], Tensor]
+) -> np.ndarray:
     model.eval()
     out = []
     for start in range(0, bags.n_slides, chunk):
         part = bags.subset(np.isin(np.arange(bags.n_slides), np.arange(start, start + chunk)))
         x_pad, mask = part.padded()
-        logits, _ = model(x_pad, mask)
-        out.append(torch.softmax(logits, dim=1))
+        out.append(torch.softmax(logits_of(x_pad, mask), dim=1))
     return torch.cat(out).numpy() if out else np.zeros((0, len(bags.classes)))
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
-from pathosae.downstream.config import DownstreamConfig
+from pathosae.downstream.config import DownstreamConfig, SplitSettings
 
 
-class EditConfig(BaseModel):
+class EditConfig(SplitSettings):
     """Which edits are measured and how the downstream model is trained."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -36,8 +36,4 @@ class EditConfig(BaseModel):
     modes: list[str] = Field(default_factory=lambda: ["applied", "retrained"])
     seed: int = 0
     downstream: DownstreamConfig = Field(default_factory=DownstreamConfig)
-    site_column: str = "site"
-    train_split: str = "train"
-    normal_split: str = Field("val", description="Held-out split with the training correlation.")
-    shifted_split: str = Field("test", description="Split where the label–site link is broken.")
     leakage_folds: int = Field(5, ge=2)

@@ -19,13 +19,16 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from pathosae.downstream import AdapterMIL, DownstreamConfig, predict_proba, site_leakage, task_metrics
+from pathosae.downstream import AdapterMIL, DownstreamConfig, predict_proba, task_metrics
+from pathosae.downstream.bags import Bags
+from pathosae.downstream.metrics import Leakage, site_leakage_report
+from pathosae.downstream.splits import Splits
 from pathosae.downstream.train import train_downstream
 from pathosae.edit.editor import Editor
 from pathosae.errors import PathosaeError, StageError
-from pathosae.saeception.cycle import Splits
 
 SplitsEdit = Callable[[Splits], Splits]
+Predict = Callable[[AdapterMIL, Bags], np.ndarray]
 MODES = ("applied", "retrained")
 
 
@@ -109,8 +112,14 @@ def effect_table(
     base_model: AdapterMIL | None = None,
     modes: tuple[str, ...] = MODES,
     leakage_folds: int = 5,
+    predict: Predict = predict_proba,
 ) -> pd.DataFrame:
-    """Evaluate every candidate in every mode; ``no_edit`` rows come first."""
+    """Evaluate every candidate in every mode; ``no_edit`` rows come first.
+
+    ``predict(model, bags)`` gives slide probabilities from the bags' rows; the default reads
+    tile embeddings. Adapter-layer edits pass one that reads adapter activations (the bags
+    then hold ``h``, and only the ``applied`` mode has a meaning).
+    """
     base_model = base_model or train_downstream(splits.train, cfg, seed)
     no_edit = Candidate("no_edit", "baseline", lambda s: s)
     rows: list[dict[str, object]] = []
@@ -130,15 +139,12 @@ def effect_table(
             missing = Candidate(cand.name, cand.kind, None, cand.n_units, cand.draw, reason)
             rows += [_missing_row(missing, mode) for mode in modes]
             continue
-        pooled = edited.pooled_test()
-        leak = site_leakage(
-            pooled.slide_means().numpy(), pooled.site, pooled.y.numpy(), leakage_folds, seed
-        )
+        leak = pooled_leakage(edited, leakage_folds, seed)
         for mode in modes:
             model = base_model if mode == "applied" else (
                 base_model if cand is no_edit else train_downstream(edited.train, cfg, seed)
             )
-            row = _score(cand, mode, model, edited, leak)
+            row = _score(cand, mode, model, edited, leak, predict)
             pred = row.pop("_pred")
             if cand is no_edit:
                 reference[mode], reference_pred[mode] = row, pred
@@ -158,14 +164,26 @@ def _require_finite(name: str, edited: Splits) -> None:
             )
 
 
-def _score(cand: Candidate, mode: str, model: AdapterMIL, edited: Splits, leak: float) -> dict[str, object]:
+def pooled_leakage(splits: Splits, folds: int, seed: int) -> Leakage:
+    """Site leakage of the pooled test slides' vectors (slide means of the rows), with the
+    tile-level fallback on the same rows for small cohorts."""
+    pooled = splits.pooled_test()
+    return site_leakage_report(
+        pooled.slide_means().numpy(), pooled.site, pooled.y.numpy(), folds, seed,
+        tile_features=pooled.x.numpy(), tile_slide=pooled.slide.numpy(),
+    )
+
+
+def _score(
+    cand: Candidate, mode: str, model: AdapterMIL, edited: Splits, leak: Leakage, predict: Predict
+) -> dict[str, object]:
     row: dict[str, object] = {
         "edit": cand.name, "kind": cand.kind, "mode": mode, "n_units": cand.n_units,
-        "draw": cand.draw, "missing_reason": None, "site_leakage": leak,
+        "draw": cand.draw, "missing_reason": None, **leak.columns(),
     }
     preds = []
     for name, bags in (("normal", edited.normal), ("shifted", edited.shifted)):
-        proba = predict_proba(model, bags)
+        proba = predict(model, bags)
         m = task_metrics(bags.y.numpy(), proba, bags.site)
         row.update({
             f"auroc_{name}": m["auroc"], f"bacc_{name}": m["bacc"],

@@ -93,6 +93,23 @@ class EditSpec(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
     description: str = ""
     ops: list[Operation] = Field(min_length=1)
+    layer: Literal["embedding", "adapter"] = Field(
+        "embedding", description="embedding: the foundation-model embeddings through the run's "
+        "SAE. adapter: the adapter layer of an SAE-ception model through that cycle's SAE.",
+    )
+    model: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$",
+        description="adapter layer: the SAE-ception model folder under RUN/saeception/, e.g. "
+        "cycle_3/injected_seed0 (or give it with `pathosae edit --model`).",
+    )
+
+    @model_validator(mode="after")
+    def _model_only_for_adapter(self) -> EditSpec:
+        if self.model is not None and self.layer != "adapter":
+            raise ValueError("'model' names an SAE-ception model: it needs layer: adapter")
+        if self.model is not None and ".." in self.model.split("/"):
+            raise ValueError("'model' must be a folder under RUN/saeception/ (no '..')")
+        return self
 
     @property
     def needs_sae(self) -> bool:
@@ -110,7 +127,9 @@ class EditSpec(BaseModel):
         return len(units) + extra
 
     def to_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json", exclude_none=True), indent=2) + "\n"
+        # The default layer is left out, so embedding specs read as they always have.
+        skip = {"layer"} if self.layer == "embedding" else set()
+        return json.dumps(self.model_dump(mode="json", exclude_none=True, exclude=skip), indent=2) + "\n"
 
     @classmethod
     def from_file(cls, path: str | Path) -> EditSpec:
@@ -129,5 +148,6 @@ class EditSpec(BaseModel):
             )
             raise ConfigError(
                 f"edit spec {path} is invalid: {problems}. Fix: see pathosae.edit.spec for the "
-                "operations (ablate, scale, clamp, random_units, project_code, project_out, leace)."
+                "operations (ablate, scale, clamp, random_units, project_code, project_out, leace) and "
+                "the layer (embedding, or adapter with an SAE-ception model)."
             ) from None

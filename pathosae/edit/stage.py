@@ -1,6 +1,8 @@
 """The edit stage: default edits from the confounder analysis, user specs, and the effect table.
 
-Writes RUN/edits/<name>.json (every spec measured), RUN/edits/effects.parquet and
+Writes RUN/edits/<name>.json (every spec measured), RUN/edits/effects.parquet,
+RUN/edits/adapter_effects.parquet (user specs with ``layer: adapter``, each on the SAE-ception
+model it names, through that cycle's SAE, on the SAE-ception stage's splits) and
 RUN/edits/summary.json; skipped when the settings and inputs are unchanged. The default edits'
 units and directions come from a scan of the training slides (``edit.fit_on: train``), so no
 test label shapes an edit; ``cohort`` reuses the confounders stage's all-slide analysis.
@@ -16,6 +18,7 @@ import pandas as pd
 
 from pathosae.config import PathosaeConfig
 from pathosae.downstream.bags import Bags
+from pathosae.downstream.splits import Splits, cohort_splits
 from pathosae.edit.config import EditConfig
 from pathosae.edit.editor import Editor
 from pathosae.edit.effects import (
@@ -27,6 +30,7 @@ from pathosae.edit.effects import (
     replacement_candidate,
 )
 from pathosae.edit.spec import Ablate, EditSpec, Leace, ProjectOut, RandomUnits
+from pathosae.errors import ConfigError
 from pathosae.io import (
     read_json,
     settings_hash,
@@ -36,7 +40,6 @@ from pathosae.io import (
     write_text_atomic,
 )
 from pathosae.run import RunDir
-from pathosae.saeception.cycle import Splits, make_splits
 from pathosae.types import OnError
 
 
@@ -71,44 +74,110 @@ def flagged_ranked(associations: pd.DataFrame | None, variable: str, alpha: floa
     return [int(u) for u in best.index]
 
 
+def read_user_specs(
+    config_specs: list[Path], extra_specs: list[Path], model: str | None
+) -> tuple[list[EditSpec], list[EditSpec]]:
+    """Embedding-layer and adapter-layer user specs. ``model`` (``pathosae edit --model``) puts
+    the command line's specs on the adapter layer of that SAE-ception model."""
+    specs = [EditSpec.from_file(p) for p in config_specs]
+    for path in extra_specs:
+        spec = EditSpec.from_file(path)
+        if model is not None:
+            if "layer" in spec.model_fields_set and spec.layer == "embedding":
+                raise ConfigError(
+                    f"edit spec {path} says layer: embedding but --model {model} names an "
+                    "SAE-ception model. Fix: drop --model, or set layer: adapter in the spec."
+                )
+            spec = EditSpec.model_validate({**spec.model_dump(), "layer": "adapter", "model": model})
+        specs.append(spec)
+    adapter = [s for s in specs if s.layer == "adapter"]
+    unnamed = [s.name for s in adapter if s.model is None]
+    if unnamed:
+        raise ConfigError(
+            f"adapter-layer edit spec(s) {unnamed} name no SAE-ception model. Fix: add "
+            "model: cycle_<k>/<variant>_seed<s> to the spec or pass `pathosae edit --model`."
+        )
+    return [s for s in specs if s.layer == "embedding"], adapter
+
+
+def _model_fingerprint(run: RunDir, specs: list[EditSpec]) -> list[tuple[str, str | None]]:
+    """The adapter specs' SAE-ception models, hashed (the stage reruns when one is retrained)."""
+    out = []
+    for ref in sorted({str(s.model) for s in specs}):
+        weights = run.root / "saeception" / ref / "model.safetensors"
+        out.append((ref, sha256_file(weights) if weights.is_file() else None))
+    return out
+
+
 def run_stage(
-    run: RunDir, cfg: PathosaeConfig, on_error: OnError, extra_specs: list[Path] | None = None
+    run: RunDir, cfg: PathosaeConfig, on_error: OnError, extra_specs: list[Path] | None = None,
+    model: str | None = None,
 ) -> dict[str, Any]:
-    """Measure every edit and baseline on the run; see the module docstring for the outputs."""
+    """Measure every edit and baseline on the run; see the module docstring for the outputs.
+
+    The embedding table and the adapter-layer table have keys of their own: adding an
+    adapter-layer spec does not recompute the embedding table, nor the reverse.
+    """
     from pathosae.confounders.stage import input_fingerprint, select_sae_dir
-    from pathosae.downstream.runs import load_run_bags
     from pathosae.features import FeatureStore
-    from pathosae.sae import load_sae
 
     del on_error  # slides were validated upstream; nothing here is per-slide
     ecfg = cfg.edit
-    spec_paths = [*ecfg.specs, *(extra_specs or [])]
-    user_specs = [EditSpec.from_file(p) for p in spec_paths]
+    user_specs, adapter_specs = read_user_specs(list(ecfg.specs), list(extra_specs or []), model)
     sae_dir = select_sae_dir(run, ecfg.sae)
     conf_dir = run.root / "confounders"
-    directions_path = conf_dir / "directions.safetensors"
-    assoc_path = conf_dir / "associations.parquet"
     store = FeatureStore(run, cfg.embedding.encoder)
+    inputs = input_fingerprint(run, cfg.embedding.encoder, sae_dir, store.slide_ids)
     key = settings_hash({
         "edit": ecfg.model_dump(mode="json"), "label": cfg.cohort.label,
-        "specs": [s.model_dump(mode="json") for s in user_specs],
-        "inputs": input_fingerprint(run, cfg.embedding.encoder, sae_dir, store.slide_ids),
-        "confounders": [sha256_file(p) if p.exists() else None for p in (directions_path, assoc_path)],
+        "specs": [s.model_dump(mode="json") for s in user_specs], "inputs": inputs,
+        "confounders": [sha256_file(p) if p.exists() else None
+                        for p in (conf_dir / "directions.safetensors", conf_dir / "associations.parquet")],
         "stain_normalised": _folder_fingerprint(run.features_dir(cfg.embedding.stainnorm_name())),
     })
+    adapter_key = settings_hash({
+        "saeception": cfg.saeception.model_dump(mode="json"), "label": cfg.cohort.label,
+        "specs": [s.model_dump(mode="json") for s in adapter_specs], "inputs": inputs,
+        "models": _model_fingerprint(run, adapter_specs),
+    }) if adapter_specs else None
     out_dir = run.root / "edits"
     summary_path = out_dir / "summary.json"
-    if summary_path.exists() and (out_dir / "effects.parquet").exists():
-        previous = read_json(summary_path)
-        if previous.get("settings_hash") == key:
-            return {**previous, "skipped": True}
+    previous = read_json(summary_path) if summary_path.exists() else {}
+    embed_done = previous.get("settings_hash") == key and (out_dir / "effects.parquet").exists()
+    adapter_done = adapter_key is None or (
+        previous.get("adapter_settings_hash") == adapter_key and (out_dir / ADAPTER_EFFECTS).exists()
+    )
+    if embed_done and adapter_done:
+        return {**previous, "skipped": True}
+    summary = {k: v for k, v in previous.items() if not k.startswith("adapter_")} if embed_done \
+        else embedding_effects(run, cfg, user_specs, sae_dir, key)
+    if adapter_key is not None:
+        summary.update(adapter_spec_effects(run, cfg, adapter_specs, adapter_key))
+    write_json_atomic(summary_path, summary)
+    return summary
 
+
+ADAPTER_EFFECTS = "adapter_effects.parquet"
+
+
+def embedding_effects(
+    run: RunDir, cfg: PathosaeConfig, user_specs: list[EditSpec], sae_dir: Path, key: str
+) -> dict[str, Any]:
+    """The embedding-layer effect table (defaults, user specs, baselines); its summary."""
+    from pathosae.downstream.runs import load_run_bags
+    from pathosae.sae import load_sae
+
+    ecfg = cfg.edit
+    conf_dir, out_dir = run.root / "confounders", run.root / "edits"
+    directions_path, assoc_path = conf_dir / "directions.safetensors", conf_dir / "associations.parquet"
     variables = ecfg.confounders or list(cfg.cohort.confounders)
     bags = load_run_bags(
         run, cfg, ecfg.site_column, ecfg.downstream.max_tiles_per_slide, ecfg.seed, variables
     )
     variables = [v for v in variables if v == ecfg.site_column or v in bags.meta]
-    splits = make_splits(bags, ecfg.train_split, ecfg.normal_split, ecfg.shifted_split)
+    splits, held_out_site = cohort_splits(bags, ecfg)
+    # The stain-normalised baseline must hold out the same site, even one picked automatically.
+    ecfg = ecfg.model_copy(update={"held_out_site": held_out_site})
     sae = load_sae(sae_dir)
     directions: dict[str, np.ndarray] = {}
     if ecfg.fit_on == "train":
@@ -126,13 +195,29 @@ def run_stage(
     table = effect_table(splits, candidates, ecfg.downstream, ecfg.seed,
                          modes=tuple(ecfg.modes), leakage_folds=ecfg.leakage_folds)
     table.insert(0, "settings_hash", key)
+    table.insert(1, "held_out_site", held_out_site)
     for spec, _ in specs:
         write_text_atomic(out_dir / f"{spec.name}.json", spec.to_json())
     write_parquet_atomic(out_dir / "effects.parquet", table)
-    summary = {"settings_hash": key, "n_rows": len(table), "edits": [s.name for s, _ in specs],
-               "flagged_units": counts, "sae": sae_dir.name}
-    write_json_atomic(summary_path, summary)
-    return summary
+    return {"settings_hash": key, "n_rows": len(table), "edits": [s.name for s, _ in specs],
+            "flagged_units": counts, "sae": sae_dir.name, "held_out_site": held_out_site}
+
+
+def adapter_spec_effects(
+    run: RunDir, cfg: PathosaeConfig, specs: list[EditSpec], key: str
+) -> dict[str, Any]:
+    """User adapter-layer specs on their SAE-ception models → RUN/edits/adapter_effects.parquet."""
+    from pathosae.saeception.adapter_edits import MODE_NOTE, measure_adapter_specs
+
+    out_dir = run.root / "edits"
+    table = measure_adapter_specs(run, cfg, specs)
+    table.insert(0, "settings_hash", key)
+    for spec in specs:
+        write_text_atomic(out_dir / f"{spec.name}.json", spec.to_json())
+    write_parquet_atomic(out_dir / ADAPTER_EFFECTS, table)
+    return {"adapter_settings_hash": key, "adapter_edits": [s.name for s in specs],
+            "adapter_rows": len(table), "adapter_edit_modes": MODE_NOTE,
+            "adapter_held_out_site": table["held_out_site"].iloc[0]}
 
 
 def training_scan(
@@ -230,4 +315,4 @@ def stain_normalised_splits(
     extra = tuple(c for c in variables if c in index.columns and c != ecfg.site_column)
     bags = Bags.from_tiles(stain.matrix(), index, str(cfg.cohort.label), ecfg.site_column,
                            ecfg.downstream.max_tiles_per_slide, ecfg.seed, extra)
-    return make_splits(bags, ecfg.train_split, ecfg.normal_split, ecfg.shifted_split)
+    return cohort_splits(bags, ecfg)[0]

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
-from pathosae.downstream.config import DownstreamConfig
+from pathosae.downstream.config import DownstreamConfig, SplitSettings
 
 Variant = Literal["no_aux", "random_target", "plain", "injected"]
 VARIANTS: tuple[Variant, ...] = ("no_aux", "random_target", "plain", "injected")
 
 
-class SAECeptionConfig(BaseModel):
+class SAECeptionConfig(SplitSettings):
     """SAE-ception cycles, confounder injection and controls."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -72,9 +72,19 @@ class SAECeptionConfig(BaseModel):
     )
 
     # Data and evaluation.
-    site_column: str = "site"
-    train_split: str = "train"
-    normal_split: str = Field("val", description="Held-out split with the training correlation.")
-    shifted_split: str = Field("test", description="Split where the label–site link is broken.")
     eval_max_tiles: int = Field(3000, ge=10, description="Tiles sampled for clustering metrics.")
     leakage_folds: int = Field(5, ge=2)
+
+    # Adapter-layer edits of each variant's final-cycle model through its cycle SAE.
+    adapter_edits: bool = Field(
+        True, description="Ablate the cycle SAE's site-flagged units of each variant's last-cycle "
+        "model, and random units as many (RUN/saeception/adapter_edits.parquet).",
+    )
+    adapter_edit_seeds: Literal["first", "all"] = Field(
+        "all", description="Models of the first seed only, or of every seed."
+    )
+    adapter_edit_random_draws: int = Field(5, ge=1, description="Random-unit edits per model.")
+
+
+ADAPTER_EDIT_FIELDS = {"adapter_edits", "adapter_edit_seeds", "adapter_edit_random_draws"}
+"""Settings that change only the adapter-edit table, not the trained models."""

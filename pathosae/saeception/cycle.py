@@ -12,56 +12,15 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from pathosae.downstream import AdapterMIL, Bags, predict_proba, site_leakage, task_metrics
-from pathosae.downstream.bags import concat_bags
-from pathosae.downstream.train import cosine_aux, mse_aux, slide_hidden, tile_hidden, train_downstream
+from pathosae.downstream import AdapterMIL, Bags, predict_proba, task_metrics
+from pathosae.downstream.metrics import site_leakage_report, site_separation
+from pathosae.downstream.splits import MIN_EVAL_SLIDES, Splits
+from pathosae.downstream.train import cosine_aux, mse_aux, tile_hidden, train_downstream
 from pathosae.errors import StageError
 from pathosae.saeception.config import SAECeptionConfig, Variant
 from pathosae.saeception.confounding import confounder_eraser, flag_confounded_units
 from pathosae.saeception.metrics import clustering_metrics, monosemanticity
 from pathosae.saeception.targets import class_means, random_unit_targets, sharpened_targets, top_units
-
-
-@dataclass
-class Splits:
-    """Training slides, a held-out split with the training correlation and a shifted one."""
-
-    train: Bags
-    normal: Bags
-    shifted: Bags
-
-    def pooled_test(self) -> Bags:
-        return concat_bags([self.normal, self.shifted])
-
-
-MIN_TRAIN_SLIDES_PER_CLASS = 2
-MIN_EVAL_SLIDES = 2
-
-
-def make_splits(bags: Bags, train: str, normal: str, shifted: str) -> Splits:
-    """Train / normal-test / shifted-test bags, checked to be large enough to train and score.
-
-    The downstream model needs every class in training and the tests need some slides; a
-    cohort too small for that gets one error naming the split and the fix.
-    """
-    splits = Splits(bags.split_of(train), bags.split_of(normal), bags.split_of(shifted))
-    counts = np.bincount(splits.train.y.numpy(), minlength=len(bags.classes))
-    short = [bags.classes[c] for c, n in enumerate(counts) if n < MIN_TRAIN_SLIDES_PER_CLASS]
-    if short:
-        raise StageError(
-            f"split {train!r} has fewer than {MIN_TRAIN_SLIDES_PER_CLASS} slides of class(es) "
-            f"{short} (slides per class: {dict(zip(bags.classes, counts.tolist(), strict=True))}). "
-            "Fix: add slides of those classes, or move patients into the training split "
-            "(cohort.split fractions or the manifest's split column)."
-        )
-    for name, part in ((normal, splits.normal), (shifted, splits.shifted)):
-        if part.n_slides < MIN_EVAL_SLIDES:
-            raise StageError(
-                f"split {name!r} has {part.n_slides} slide(s); the downstream evaluation needs "
-                f"at least {MIN_EVAL_SLIDES}. Fix: give it more patients (cohort.split fractions "
-                "or the manifest's split column)."
-            )
-    return splits
 
 
 @dataclass
@@ -149,10 +108,18 @@ def evaluate_cycle(
         row.update({f"auroc_{name}": m["auroc"], f"bacc_{name}": m["bacc"],
                     f"worst_site_bacc_{name}": m["worst_site_bacc"]})
     pooled = splits.pooled_test()
-    row["site_leakage"] = site_leakage(
-        slide_hidden(model, pooled).numpy(), pooled.site, pooled.y.numpy(), cfg.leakage_folds, seed
-    )
     h = tile_hidden(model, pooled.x)
+    row.update(site_leakage_report(
+        pooled.slide_means(h).numpy(), pooled.site, pooled.y.numpy(), cfg.leakage_folds, seed,
+        tile_features=h.numpy(), tile_slide=pooled.slide.numpy(),
+    ).columns())
+    # Between-site share of within-class variance: on the test slides, and on the training
+    # slides the injection was fitted on (does it remove the site where it was told where?)
+    row["site_separation"] = site_separation(pooled.slide_means(h).numpy(), pooled.site,
+                                             pooled.y.numpy())
+    train_h = tile_hidden(model, splits.train.x)
+    row["site_separation_train"] = site_separation(splits.train.slide_means(train_h).numpy(),
+                                                   splits.train.site, splits.train.y.numpy())
     quality = evaluate_sae(sae, h)
     row.update({"sae_fvu": quality["fvu"], "sae_l0": quality["l0"], "sae_dead": quality["dead_fraction"]})
     rng = np.random.default_rng(seed)
