@@ -159,6 +159,28 @@ def test_edits_page_projects_out_a_direction(small_run: Path) -> None:
     assert len(effects) == 2 and "site_leakage" in effects.columns
 
 
+def test_edits_page_edits_the_adapter_layer_of_an_saeception_model(small_run: Path) -> None:
+    from pathosae.app.edits import adapter_models
+    from pathosae.edit.spec import EditSpec
+
+    models = adapter_models(RunView(small_run))
+    assert models and all(m.startswith("cycle_") for m in models)
+    at = open_page(small_run, "Edits")
+    at.text_input(key="adapter_units").input("0, 1, 2")
+    at.text_input(key="adapter_name").input("app_adapter_ablate")
+    at.toggle(key="adapter_go").set_value(True)
+    at.run()
+    assert_clean(at)
+    effects = frame(at, "edit", "flip_rate", "bacc_shifted", last=True)
+    assert list(effects["edit"]) == ["no_edit", "app_adapter_ablate"]
+    at.button(key="adapter_save").click()
+    at.run()
+    assert_clean(at)
+    spec = EditSpec.from_file(small_run / "edits" / "app_adapter_ablate.json")
+    assert spec.layer == "adapter" and spec.model == models[-1]
+    assert spec.ops[0].units == [0, 1, 2]
+
+
 def test_saeception_page_shows_cycles_and_controls(small_run: Path) -> None:
     at = open_page(small_run, "SAE-ception")
     assert_clean(at)

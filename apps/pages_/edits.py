@@ -7,7 +7,15 @@ import streamlit as st
 
 from pages_.common import get_activations, get_edit_lab, missing, pick_sae, tile_grid
 from pathosae.app import RunView
-from pathosae.app.edits import OPERATIONS, build_spec, direction_choices, save_spec
+from pathosae.app.edits import (
+    OPERATIONS,
+    adapter_models,
+    adapter_width,
+    build_spec,
+    direction_choices,
+    evaluate_adapter,
+    save_spec,
+)
 
 EFFECT_COLUMNS = ("edit", "mode", "auroc_normal", "bacc_normal", "bacc_shifted",
                   "worst_site_bacc_shifted", "per_site_bacc_shifted", "site_leakage", "flip_rate",
@@ -21,6 +29,7 @@ def render(view: RunView) -> None:
         return
     sae = pick_sae(view)
     stage_effects(view)
+    adapter_section(view)
     st.subheader("Try an edit")
     acts = get_activations(str(view.root), sae)
     directions = view.directions()
@@ -76,6 +85,41 @@ def edit_form(view: RunView, d_sae: int, d_in: int, directions: dict):  # noqa: 
     if not st.toggle("Evaluate", key="edit_go"):
         return None
     return build_spec(name, operation, units, factor, value, direction, d_sae, directions)
+
+
+def adapter_section(view: RunView) -> None:
+    """Edit the adapter layer of an SAE-ception model through its cycle SAE."""
+    models = adapter_models(view)
+    if not models:
+        return
+    with st.expander("Edit the adapter layer of an SAE-ception model", expanded=False):
+        st.caption("h' = h − D·z + D·z' through the model's cycle SAE (its error kept), then the "
+                   "attention-MIL head; measured in the applied mode on the SAE-ception splits.")
+        left, middle, right = st.columns(3)
+        model = left.selectbox("Model", models, index=len(models) - 1, key="adapter_model")
+        operation = middle.selectbox("Operation", [o for o in OPERATIONS if o != "project out"],
+                                     key="adapter_op")
+        width = adapter_width(view, model)
+        text = right.text_input(f"Cycle-SAE units (0..{width - 1})", key="adapter_units")
+        units = [int(t) for t in text.replace(",", " ").split() if t.isdigit()]
+        if [u for u in units if u >= width]:
+            st.error(f"the cycle SAE has units 0..{width - 1}.")
+            return
+        factor = st.number_input("Factor", value=0.5, key="adapter_factor") \
+            if operation == "scale" else 0.0
+        value = st.number_input("Value", value=0.0, key="adapter_value") \
+            if operation == "clamp" else 0.0
+        name = st.text_input("Name", value="my_adapter_edit", key="adapter_name")
+        if not st.toggle("Evaluate", key="adapter_go") or not units:
+            return
+        spec = build_spec(name, operation, units, factor, value, model=model)
+        effects = evaluate_adapter(view, spec)
+        keep = [c for c in EFFECT_COLUMNS if c in effects]
+        st.dataframe(effects[keep], hide_index=True, key="adapter_effects")
+        if st.button("Save as spec", key="adapter_save"):
+            path, command = save_spec(view, spec)
+            st.success(f"Saved {path}. Apply it with:")
+            st.code(command, language="bash")
 
 
 def show_result(view: RunView, sae: str, result) -> None:  # noqa: ANN001

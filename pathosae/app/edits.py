@@ -39,8 +39,13 @@ def build_spec(
     name: str, operation: str, units: list[int] | None = None, factor: float = 0.0,
     value: float = 0.0, direction: str | None = None, d_sae: int | None = None,
     directions: dict[str, np.ndarray] | None = None, description: str = "",
+    model: str | None = None,
 ) -> EditSpec:
-    """An :class:`~pathosae.edit.spec.EditSpec` from the app's form (validated by pydantic)."""
+    """An :class:`~pathosae.edit.spec.EditSpec` from the app's form (validated by pydantic).
+
+    ``model`` (an SAE-ception model folder, e.g. ``cycle_3/injected_seed0``) makes it an
+    adapter-layer spec: the units are that model's cycle-SAE units.
+    """
     from pydantic import ValidationError
 
     from pathosae.edit.spec import Ablate, Clamp, EditSpec, ProjectCode, ProjectOut, Scale
@@ -64,7 +69,8 @@ def build_spec(
     else:
         raise PathosaeError(f"unknown operation {operation!r}; use one of {', '.join(OPERATIONS)}.")
     try:
-        return EditSpec(name=name, description=description, ops=[op])
+        layer = {"layer": "adapter", "model": model} if model else {}
+        return EditSpec(name=name, description=description, ops=[op], **layer)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise PathosaeError(f"invalid edit: {problems}. Fix: names use letters, digits, '_', '-', "
@@ -78,6 +84,28 @@ def save_spec(view: RunView, spec: EditSpec) -> tuple[Path, str]:
     path = view.guard.run_file("edits", f"{spec.name}.json")
     write_text_atomic(path, spec.to_json())
     return path, f"pathosae edit --run {view.root} --spec {path}"
+
+
+def adapter_models(view: RunView) -> list[str]:
+    """SAE-ception models of the run whose adapter layer an edit can act on."""
+    from pathosae.saeception.adapter_edits import available_models
+
+    return available_models(view.root / "saeception")
+
+
+def adapter_width(view: RunView, model: str) -> int:
+    """Number of units of the model's cycle SAE."""
+    from pathosae.io import read_json
+
+    cfg = read_json(view.guard.run_file("saeception", *model.split("/"), "sae", "cfg.json"))
+    return int(cfg["hparams"]["d_sae"])
+
+
+def evaluate_adapter(view: RunView, spec: EditSpec) -> pd.DataFrame:
+    """The effect table of an adapter-layer spec on its model (no_edit rows first)."""
+    from pathosae.saeception.adapter_edits import measure_adapter_specs
+
+    return measure_adapter_specs(view.run, view.config, [spec])
 
 
 @dataclass
