@@ -110,7 +110,7 @@ def adapter_section(view: RunView) -> None:
         value = st.number_input("Value", value=0.0, key="adapter_value") \
             if operation == "clamp" else 0.0
         name = st.text_input("Name", value="my_adapter_edit", key="adapter_name")
-        if not st.toggle("Evaluate", key="adapter_go") or not units:
+        if not st.toggle("Evaluate the adapter edit", key="adapter_go") or not units:
             return
         spec = build_spec(name, operation, units, factor, value, model=model)
         effects = evaluate_adapter(view, spec)

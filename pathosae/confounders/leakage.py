@@ -147,11 +147,17 @@ def probe_leakage(
         balanced_accuracy=bacc,
         auroc=auroc,
         chance_balanced_accuracy=float(np.mean([b for b, _ in null])),
-        chance_auroc=float(np.nanmean([a for _, a in null])),
+        chance_auroc=_finite_mean([a for _, a in null]),
         n=len(target),
         n_classes=len(np.unique(target)),
         n_folds=len(splits),
     )
+
+
+def _finite_mean(values: list[float]) -> float:
+    """Mean of the finite values; NaN (quietly) when a permuted fold had one class only."""
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
 
 
 def leakage_table(
