@@ -109,22 +109,31 @@ def variant_checks(metrics: pd.DataFrame) -> list[str]:
             continue
         r = by[ref]
         leak_i, leak_r = _mean(inj, "site_leakage"), _mean(r, "site_leakage")
-        lines.append(f"{'PASS' if leak_i < leak_r else 'FAIL'} site leakage injected {leak_i:.3f} "
+        lines.append(f"{_verdict(leak_i < leak_r)} site leakage injected {leak_i:.3f} "
                      f"< {ref} {leak_r:.3f}")
         sh = [(_mean(inj, c), _mean(r, c)) for c in ("bacc_shifted", "worst_site_bacc_shifted")]
         ok = any(a > b for a, b in sh)
-        lines.append(f"{'PASS' if ok else 'FAIL'} shifted bacc {sh[0][0]:.3f} vs {ref} "
+        lines.append(f"{_verdict(ok)} shifted bacc {sh[0][0]:.3f} vs {ref} "
                      f"{sh[0][1]:.3f}; worst-site {sh[1][0]:.3f} vs {sh[1][1]:.3f} (one must rise)")
         n_i, n_r = _mean(inj, "bacc_normal"), _mean(r, "bacc_normal")
-        lines.append(f"{'PASS' if abs(n_i - n_r) <= 0.02 else 'FAIL'} normal bacc injected "
+        lines.append(f"{_verdict(abs(n_i - n_r) <= 0.02)} normal bacc injected "
                      f"{n_i:.3f} within 2 points of {ref} {n_r:.3f}")
     return lines
 
 
+def _scored_by_mode(effects: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(mode, the rows of that mode that were measured), modes in order."""
+    scored = effects[effects["missing_reason"].isna()]
+    return [(str(m), scored[scored["mode"] == m]) for m in sorted(effects["mode"].unique())]
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
 def edit_checks(effects: pd.DataFrame) -> list[str]:
     lines = []
-    for mode in sorted(effects["mode"].unique()):
-        part = effects[(effects["mode"] == mode) & effects["missing_reason"].isna()]
+    for mode, part in _scored_by_mode(effects):
         for name in part.loc[part["edit"].str.startswith("ablate_flagged_"), "edit"].unique():
             var = name.removeprefix("ablate_flagged_")
             edit = part[part["edit"] == name]
@@ -135,7 +144,7 @@ def edit_checks(effects: pd.DataFrame) -> list[str]:
                                 ("site_leakage", -1)):
                 a, b = _mean(edit, col), _mean(rand, col)
                 ok = (a - b) * better > 0
-                lines.append(f"{'PASS' if ok else 'FAIL'} [{mode}] {name} {col} {a:.3f} vs "
+                lines.append(f"{_verdict(ok)} [{mode}] {name} {col} {a:.3f} vs "
                              f"random {len(rand)} draws {b:.3f}")
     return lines
 
@@ -143,14 +152,13 @@ def edit_checks(effects: pd.DataFrame) -> list[str]:
 def best_edit_check(effects: pd.DataFrame) -> list[str]:
     """The best edit (kind ``edit``, by shifted balanced accuracy) against the random-unit edit."""
     lines = []
-    for mode in sorted(effects["mode"].unique()):
-        part = effects[(effects["mode"] == mode) & effects["missing_reason"].isna()]
+    for mode, part in _scored_by_mode(effects):
         edits, rand = part[part["kind"] == "edit"], part[part["kind"] == "random"]
         if edits.empty or rand.empty:
             continue
         best = edits.loc[edits["bacc_shifted"].astype(float).idxmax()]
         a, b = float(best["bacc_shifted"]), _mean(rand, "bacc_shifted")
-        lines.append(f"{'PASS' if a > b else 'FAIL'} [{mode}] best edit {best['edit']} shifted "
+        lines.append(f"{_verdict(a > b)} [{mode}] best edit {best['edit']} shifted "
                      f"bacc {a:.3f} vs random-unit edits {b:.3f}")
     return lines
 
@@ -177,7 +185,7 @@ def adapter_checks(edits: pd.DataFrame) -> list[str]:
         if flagged.empty or rand.empty:
             continue
         a, b = _mean(flagged, "site_leakage"), _mean(rand, "site_leakage")
-        lines.append(f"{'PASS' if a < b else 'FAIL'} [adapter, {variant}] flagged-unit ablation "
+        lines.append(f"{_verdict(a < b)} [adapter, {variant}] flagged-unit ablation "
                      f"site leakage {a:.3f} < random units {b:.3f}")
     return lines
 

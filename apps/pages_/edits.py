@@ -41,10 +41,25 @@ def render(view: RunView) -> None:
     lab = get_edit_lab(str(view.root), sae)
     result = lab.evaluate(spec, modes)
     show_result(view, sae, result)
-    if st.button("Save as spec", key="save_spec"):
+    save_button(view, spec, "save_spec")
+
+
+def save_button(view: RunView, spec, key: str) -> None:  # noqa: ANN001
+    """Save the spec under RUN/edits/ and show the command that applies it."""
+    if st.button("Save as spec", key=key):
         path, command = save_spec(view, spec)
         st.success(f"Saved {path}. Apply it with:")
         st.code(command, language="bash")
+
+
+def unit_ids(text: str, width: int, what: str) -> list[int] | None:
+    """Unit ids typed as text; None (with the error shown) when one is out of range."""
+    units = [int(t) for t in text.replace(",", " ").split() if t.isdigit()]
+    bad = [u for u in units if u >= width]
+    if bad:
+        st.error(f"unit(s) {bad} do not exist: {what} has units 0..{width - 1}.")
+        return None
+    return units
 
 
 def stage_effects(view: RunView) -> None:
@@ -69,12 +84,11 @@ def edit_form(view: RunView, d_sae: int, d_in: int, directions: dict):  # noqa: 
             return None
         direction = right.selectbox("Direction", choices, key="edit_direction")
     else:
-        text = right.text_input("Units (ids, comma-separated)", key="edit_units")
-        units = [int(t) for t in text.replace(",", " ").split() if t.isdigit()]
-        bad = [u for u in units if u >= d_sae]
-        if bad:
-            st.error(f"unit(s) {bad} do not exist: the SAE has units 0..{d_sae - 1}.")
+        found = unit_ids(right.text_input("Units (ids, comma-separated)", key="edit_units"),
+                         d_sae, "the SAE")
+        if found is None:
             return None
+        units = found
         if operation == "scale":
             factor = st.number_input("Factor", value=0.5, key="edit_factor")
         if operation == "clamp":
@@ -100,10 +114,9 @@ def adapter_section(view: RunView) -> None:
         operation = middle.selectbox("Operation", [o for o in OPERATIONS if o != "project out"],
                                      key="adapter_op")
         width = adapter_width(view, model)
-        text = right.text_input(f"Cycle-SAE units (0..{width - 1})", key="adapter_units")
-        units = [int(t) for t in text.replace(",", " ").split() if t.isdigit()]
-        if [u for u in units if u >= width]:
-            st.error(f"the cycle SAE has units 0..{width - 1}.")
+        units = unit_ids(right.text_input(f"Cycle-SAE units (0..{width - 1})", key="adapter_units"),
+                         width, "the cycle SAE")
+        if units is None:
             return
         factor = st.number_input("Factor", value=0.5, key="adapter_factor") \
             if operation == "scale" else 0.0
@@ -116,10 +129,7 @@ def adapter_section(view: RunView) -> None:
         effects = evaluate_adapter(view, spec)
         keep = [c for c in EFFECT_COLUMNS if c in effects]
         st.dataframe(effects[keep], hide_index=True, key="adapter_effects")
-        if st.button("Save as spec", key="adapter_save"):
-            path, command = save_spec(view, spec)
-            st.success(f"Saved {path}. Apply it with:")
-            st.code(command, language="bash")
+        save_button(view, spec, "adapter_save")
 
 
 def show_result(view: RunView, sae: str, result) -> None:  # noqa: ANN001

@@ -13,6 +13,8 @@ statsmodels OLS fit gives:
   column) first: rank-based tests.
 
 Dead units (no variance left after the covariates) get p = NaN and are left out of the FDR.
+With ``max_permutations`` the p-values come from permutations of the slides instead, where the
+F/t tails are too light for sparse units at tens of slides (:mod:`.calibrate`).
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ from pathosae.errors import PathosaeError
 
 Kind = Literal["categorical", "continuous"]
 _TINY = 1e-12  # relative size below which a sum of squares counts as zero
-# Parametric p above this is left as it is by the calibration: BH never reaches it (its largest
-# threshold is alpha) and calibrated p-values differ from parametric ones by small factors only.
+# Parametric p above this keeps its value when permutation p-values are asked for: BH never
+# reaches it (its largest threshold is alpha), and the F tail is only far off deep in the tail.
 CALIBRATE_BELOW = 0.1
 
 
@@ -240,11 +242,11 @@ def association_scan(
         frame.loc[~testable, "p"] = np.nan
     if max_permutations > 0:
         for design, frame in zip(designs, frames, strict=True):
-            _calibrate(activations, design, frame, spearman, max_permutations, seed, chunk_units)
+            _permutation_p(activations, design, frame, spearman, max_permutations, seed, chunk_units)
     return pd.concat(frames, ignore_index=True)
 
 
-def _calibrate(
+def _permutation_p(
     activations: np.ndarray, design: Design, frame: pd.DataFrame, spearman: bool,
     max_permutations: int, seed: int, chunk_units: int,
 ) -> None:

@@ -97,9 +97,11 @@ def build_target(
 
 
 def evaluate_cycle(
-    model: AdapterMIL, sae: torch.nn.Module, splits: Splits, cfg: SAECeptionConfig, seed: int
+    model: AdapterMIL, sae: torch.nn.Module, splits: Splits, cfg: SAECeptionConfig, seed: int,
+    train_h: Tensor,
 ) -> dict[str, object]:
-    """Task metrics, adapter-layer site leakage and the SAE codes' class structure."""
+    """Task metrics, adapter-layer site leakage and the SAE codes' class structure
+    (``train_h``: the model's adapter activations of the training tiles, as the cycle SAE saw)."""
     from pathosae.sae.metrics import encode_rows, evaluate_sae
 
     row: dict[str, object] = {}
@@ -117,7 +119,6 @@ def evaluate_cycle(
     # slides the injection was fitted on (does it remove the site where it was told where?)
     row["site_separation"] = site_separation(pooled.slide_means(h).numpy(), pooled.site,
                                              pooled.y.numpy())
-    train_h = tile_hidden(model, splits.train.x)
     row["site_separation_train"] = site_separation(splits.train.slide_means(train_h).numpy(),
                                                    splits.train.site, splits.train.y.numpy())
     quality = evaluate_sae(sae, h)
@@ -153,8 +154,9 @@ def run_variant(
             splits.train, train_cfg, cycle_seed, init=model if cfg.warm_start else None,
             target=target, aux_weight=cfg.aux_weight if target is not None else 0.0, aux_loss=aux,
         )
-        sae = fit_cycle_sae(tile_hidden(model, splits.train.x), cfg, cycle_seed)
-        metrics = evaluate_cycle(model, sae, splits, cfg, seed)
+        train_h = tile_hidden(model, splits.train.x)
+        sae = fit_cycle_sae(train_h, cfg, cycle_seed)
+        metrics = evaluate_cycle(model, sae, splits, cfg, seed, train_h)
         row = {"variant": variant, "seed": seed, "cycle": k, **metrics, **info,
                "aux_weight": cfg.aux_weight if variant in AUX_VARIANTS else 0.0,
                "n_top": cfg.n_top if variant in ("plain", "injected") else None}
@@ -170,8 +172,9 @@ Base = tuple[AdapterMIL, torch.nn.Module, dict[str, object]]
 def base_model(splits: Splits, cfg: SAECeptionConfig, seed: int) -> Base:
     """Cycle 0: the model trained with the task loss only, its SAE and metrics."""
     model = train_downstream(splits.train, cfg.downstream, seed)
-    sae = fit_cycle_sae(tile_hidden(model, splits.train.x), cfg, seed * 1000)
-    return model, sae, evaluate_cycle(model, sae, splits, cfg, seed)
+    train_h = tile_hidden(model, splits.train.x)
+    sae = fit_cycle_sae(train_h, cfg, seed * 1000)
+    return model, sae, evaluate_cycle(model, sae, splits, cfg, seed, train_h)
 
 
 AUX_VARIANTS: tuple[Variant, ...] = ("random_target", "plain", "injected")
