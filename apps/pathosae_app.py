@@ -1,5 +1,6 @@
-"""pathosae app: which SAE units are tissue phenotypes, which are scanner or site artefacts, and
-what happens to the model when one is edited out.
+"""pathosae app: first the verdict per confounder (present? where? which fix?), then which SAE
+units are tissue phenotypes, which are scanner or site artefacts, and what happens to the model
+when one is edited out.
 
 Launch: ``pathosae app RUN`` or ``streamlit run apps/pathosae_app.py -- --run RUN``.
 """
@@ -15,11 +16,12 @@ import streamlit as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pages_ import cohort, common, confounders, edits, saeception, units
+from pages_ import cohort, common, confounders, edits, saeception, units, verdict
 
 from pathosae.errors import PathosaeError
 
-PAGES = {
+PAGES = {  # the first is the page a fresh session opens
+    "Verdict": verdict.render,
     "Cohort": cohort.render,
     "Units": units.render,
     "Confounders": confounders.render,

@@ -45,7 +45,8 @@ def build(out: Path, slides: int, seed: int, confounding: float, stain: bool) ->
 
     params = SynthParams(slide_px_min=1300, slide_px_max=1700, confounding=confounding)
     manifest = generate_cohort(out / "cohort", n_slides=slides, seed=seed, params=params)
-    config = {**CONFIG, "embedding": {"baselines": ["stain_normalised"] if stain else []}}
+    config = {**CONFIG, "embedding": {"baselines": ["stain_normalised"] if stain else []},
+              "ground_truth": str(manifest.parent / "ground_truth")}
     path = out / "config.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     run, cfg = prepare_run(manifest, out / "run", path)

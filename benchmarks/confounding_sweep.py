@@ -50,7 +50,9 @@ def run_cell(out: Path, confounding: float, site_strength: float, args: argparse
     manifest = generate_cohort(cell / "cohort", n_slides=args.slides, seed=args.seed,
                                params=params, workers=args.workers)
     config = cell / "config.yaml"
-    config.write_text(yaml.safe_dump(SMALL_CONFIG), encoding="utf-8")
+    # Ground-truth scoring is asked for by naming the cohort's ground_truth folder.
+    truth = {"ground_truth": str(manifest.parent / "ground_truth")}
+    config.write_text(yaml.safe_dump({**SMALL_CONFIG, **truth}), encoding="utf-8")
     run, cfg = prepare_run(manifest, cell / "run", config)
     run_pipeline(run, cfg, until="confounders", echo=lambda _: None)
     summary = json.loads((run.root / "confounders" / "summary.json").read_text())

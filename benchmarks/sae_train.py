@@ -113,17 +113,19 @@ def child(args: argparse.Namespace) -> None:
 
 
 def _run_pathosae(args, train, order, batches, lr, marks):
+    del batches  # the runners' shared signature; train_sae reads the rows itself, in ``order``
     from pathosae.config import SAEConfig
     from pathosae.sae import train_sae
 
     cfg = SAEConfig(d_sae=args.d_sae, k=args.k, batch_size=args.batch, lr=lr,
                     n_samples=args.steps * args.batch, threads=args.threads, device="cpu")
     sae = train_sae(train, cfg, batches=order,
-                    progress=lambda step, total, losses: marks.append(time.perf_counter()))
+                    progress=lambda *_: marks.append(time.perf_counter()))
     return sae.reconstruct
 
 
 def _run_saelens(args, train, order, batches, lr, marks):
+    del order  # the runners' shared signature; the batches already follow it
     import torch
     from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
     from sae_lens.saes.sae import TrainStepInput
@@ -164,6 +166,7 @@ def _run_saelens(args, train, order, batches, lr, marks):
 
 
 def _run_overcomplete(args, train, order, batches, lr, marks):
+    del order  # the runners' shared signature; the batches already follow it
     import matplotlib.cm
     import matplotlib.pyplot as plt
     import torch

@@ -23,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _tensor_cohort import make_tensor_cohort
 
+from pathosae.downstream.splits import train_tile_metadata
 from pathosae.edit import Editor, EditSpec, effect_table
 from pathosae.edit.effects import combat_candidate, editor_candidate, missing_candidate
 from pathosae.edit.spec import Ablate, Leace, ProjectOut, RandomUnits
-from pathosae.edit.stage import metadata_of
 from pathosae.saeception.config import SAECeptionConfig
 from pathosae.saeception.confounding import flag_confounded_units
 from pathosae.saeception.cycle import Splits, run_saeception
@@ -63,7 +63,7 @@ def acceptance(metrics: pd.DataFrame, cycles: int) -> list[str]:
     return lines
 
 
-def edit_candidates(splits: Splits, cfg: SAECeptionConfig, seed: int, draws: int) -> list:
+def edit_candidates(splits: Splits, seed: int, draws: int) -> list:
     from pathosae.config import SAEConfig
     from pathosae.confounders.directions import mean_difference_directions
     from pathosae.sae import train_sae
@@ -88,10 +88,10 @@ def edit_candidates(splits: Splits, cfg: SAECeptionConfig, seed: int, draws: int
                                                           ProjectOut(name="site.mean_difference")]), "edit"),
         (EditSpec(name="leace_site", ops=[Leace(concept="site")]), "baseline"),
     ]
-    cands = [editor_candidate(s.name, k, Editor(s, sae, directions), metadata_of) for s, k in specs]
+    cands = [editor_candidate(s.name, k, Editor(s, sae, directions), train_tile_metadata) for s, k in specs]
     for d in range(draws):
         spec = EditSpec(name=f"random_units_{d}", ops=[RandomUnits(count=n, seed=d)])
-        cands.append(editor_candidate(spec.name, "random", Editor(spec, sae), metadata_of, d))
+        cands.append(editor_candidate(spec.name, "random", Editor(spec, sae), train_tile_metadata, d))
     cands.append(combat_candidate())
     cands.append(missing_candidate("stain_normalisation", "tensor cohort has no pixels"))
     return cands, len(flagged.nonzero())
@@ -130,7 +130,7 @@ def main() -> None:
           f"train {splits.train.n_slides}, normal test {splits.normal.n_slides}, shifted test "
           f"{splits.shifted.n_slides}; confounding 0.8 (reversed in the shifted test)")
     if args.edits_only:
-        cands, n_flagged = edit_candidates(splits, cfg, 0, args.draws)
+        cands, n_flagged = edit_candidates(splits, 0, args.draws)
         _print_effects(effect_table(splits, cands, cfg.downstream, 0), n_flagged)
         return
     metrics = run_saeception(splits, cfg)
@@ -140,7 +140,7 @@ def main() -> None:
     print("\nacceptance (SAE-ception):")
     for line in acceptance(metrics, args.cycles):
         print("  " + line)
-    cands, n_flagged = edit_candidates(splits, cfg, 0, args.draws)
+    cands, n_flagged = edit_candidates(splits, 0, args.draws)
     effects = effect_table(splits, cands, cfg.downstream, 0)
     _print_effects(effects, n_flagged)
     print(f"\ntotal {time.perf_counter() - t0:.0f}s")

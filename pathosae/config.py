@@ -2,12 +2,18 @@
 
 Every section is its own model so a stage receives only the settings it uses, and a hash of that
 section (plus the inputs) decides whether the stage's outputs are still valid.
+
+The built-in defaults are the CPU demo's values (``make demo``, a small synthetic cohort), and
+configs/default.yaml lists them all, key by key. A real cohort starts from a foundation-model
+config (configs/uni.yaml etc.), which sets cohort-scale SAE settings. :func:`resolve_config` is
+the one place a command's config is put together.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -17,7 +23,12 @@ from pathosae.errors import ConfigError
 from pathosae.saeception.config import SAECeptionConfig
 from pathosae.scaleout.config import ExecutorConfig
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def _defaults(cls: type[_Model]) -> Callable[[], _Model]:
+    """A ``default_factory`` building a section from its own defaults (typed without a plugin)."""
+    return lambda: cls.model_validate({})
 
 
 class Section(BaseModel):
@@ -47,7 +58,7 @@ class CohortConfig(Section):
         default_factory=lambda: ["site", "scanner"],
         description="Metadata columns treated as confounders (scanner, site, stain batch, ...).",
     )
-    split: SplitFractions = Field(default_factory=SplitFractions)
+    split: SplitFractions = Field(default_factory=_defaults(SplitFractions))
     extensions: list[str] = Field(
         default_factory=lambda: [
             ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".svslide",
@@ -87,6 +98,18 @@ class TilingConfig(Section):
     num_workers: int = Field(1, ge=1, description="Processes tiling slides in parallel.")
 
 
+Baseline = Literal["stain_normalised", "random_weights"]
+Aggregation = Literal["mean", "frac_active", "quantile"]
+
+
+def _all_baselines() -> list[Baseline]:
+    return ["stain_normalised", "random_weights"]
+
+
+def _all_aggregations() -> list[Aggregation]:
+    return ["mean", "frac_active", "quantile"]
+
+
 class EmbeddingConfig(Section):
     """Which encoder embeds the tiles, and how."""
 
@@ -115,8 +138,8 @@ class EmbeddingConfig(Section):
         "'_random' appended for the random-weights control.",
     )
 
-    baselines: list[Literal["stain_normalised", "random_weights"]] = Field(
-        default_factory=lambda: ["stain_normalised", "random_weights"],
+    baselines: list[Baseline] = Field(
+        default_factory=_all_baselines,
         description="Baseline feature sets embedded beside the main one: stain_normalised "
         "(tiles through MONAI's Macenko H&E normalisation, RUN/features/<name>_stainnorm) and "
         "random_weights (the seeded random-weights twin, RUN/features/<encoder>_random).",
@@ -172,7 +195,7 @@ class SAEConfig(Section):
     encoder: str | None = Field(
         None, description="Features of this encoder; null: the embedding section's encoder."
     )
-    expansion: int = Field(8, ge=1, description="d_sae = expansion * d_in (unless d_sae is set).")
+    expansion: int = Field(4, ge=1, description="d_sae = expansion * d_in (unless d_sae is set).")
     d_sae: int | None = Field(None, ge=1, description="Number of latents; overrides expansion.")
     k: int = Field(32, ge=1, description="Active latents per sample (TopK, BatchTopK, Matryoshka).")
     l1_coefficient: float = Field(2e-3, ge=0, description="ReLU: L1 penalty (decoder-norm scaled).")
@@ -188,12 +211,12 @@ class SAEConfig(Section):
     )
     warmup_fraction: float = Field(0.02, ge=0, lt=1, description="Linear lr warm-up share.")
     decay_fraction: float = Field(0.2, ge=0, lt=1, description="Final linear decay-to-zero share.")
-    batch_size: int = Field(1024, ge=1)
-    n_samples: int = Field(300_000, ge=1, description="Training samples seen (steps × batch).")
+    batch_size: int = Field(256, ge=1)
+    n_samples: int = Field(60_000, ge=1, description="Training samples seen (steps x batch).")
     aux_k: int | None = Field(None, ge=1, description="AuxK latents; null: d_in / 2.")
     aux_coefficient: float = Field(1 / 32, ge=0)
     dead_window: int = Field(
-        100_000, ge=1, description="A latent is dead after this many samples without firing."
+        20_000, ge=1, description="A latent is dead after this many samples without firing."
     )
     redundancy_coefficient: float = Field(
         0.0, ge=0, description="Penalty on squared cosine between co-firing decoder atoms."
@@ -209,7 +232,7 @@ class SAEConfig(Section):
     seed: int = 0
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     threads: int | None = Field(None, ge=1, description="CPU threads for torch; null: as is.")
-    controls: SAEControlsConfig = Field(default_factory=SAEControlsConfig)
+    controls: SAEControlsConfig = Field(default_factory=_defaults(SAEControlsConfig))
 
     @model_validator(mode="after")
     def _check_fractions(self) -> SAEConfig:
@@ -233,8 +256,8 @@ class ConfoundersConfig(Section):
         default_factory=dict,
         description="Override the inferred type of a column (text and 2-valued are categorical).",
     )
-    aggregations: list[Literal["mean", "frac_active", "quantile"]] = Field(
-        default_factory=lambda: ["mean", "frac_active", "quantile"],
+    aggregations: list[Aggregation] = Field(
+        default_factory=_all_aggregations,
         description="Per-slide (and per-patient) summaries of each unit's tile activations.",
     )
     quantile: float = Field(0.9, gt=0, lt=1, description="The high quantile aggregation.")
@@ -263,6 +286,9 @@ class ConfoundersConfig(Section):
     )
     k_neighbors: int = Field(10, ge=1, description="k of the PathoROB robustness index.")
     cv_folds: int = Field(5, ge=2, description="Cross-validation folds of the leakage probes.")
+    chance_permutations: int = Field(
+        20, ge=1, description="Label permutations giving each leakage probe's chance level "
+        "(mean and upper percentile); each costs one probe fit.")
     probe_level: Literal["slide", "tile"] = Field(
         "slide", description="Probe slide-level means (default) or sampled tiles."
     )
@@ -279,26 +305,67 @@ class ConfoundersConfig(Section):
     seed: int = 0
 
 
+class UncertaintyConfig(Section):
+    """Patient-level bootstrap intervals on every compared number.
+
+    Used by the effect tables, the SAE-ception metrics and the leakage probes.
+    """
+
+    n_bootstrap: int = Field(
+        1000, ge=0, description="Bootstrap replicates (patients drawn with replacement); 0: no "
+        "intervals (their columns are NaN).",
+    )
+    level: float = Field(0.95, gt=0, lt=1, description="Coverage of the percentile intervals.")
+    seed: int = Field(0, description="Seed of the patient draws (the same draws for every row).")
+
+
 class PathosaeConfig(Section):
     """The whole run configuration."""
 
     seed: int = 0
-    cohort: CohortConfig = Field(default_factory=CohortConfig)
-    tiling: TilingConfig = Field(default_factory=TilingConfig)
-    embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
-    sae: SAEConfig = Field(default_factory=SAEConfig)
-    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
-    confounders: ConfoundersConfig = Field(default_factory=ConfoundersConfig)
-    edit: EditConfig = Field(default_factory=EditConfig)
-    saeception: SAECeptionConfig = Field(default_factory=SAECeptionConfig)
+    ground_truth: Path | None = Field(
+        default=None,
+        description="Folder of a synthetic cohort's ground truth, written by `pathosae synth` as "
+        "<out>/ground_truth; when set, the sae stage adds phenotype concepts and the confounders "
+        "stage scores flagged units against the planted effects; nothing searches the file "
+        "system for it.",
+    )
+    cohort: CohortConfig = Field(default_factory=_defaults(CohortConfig))
+    tiling: TilingConfig = Field(default_factory=_defaults(TilingConfig))
+    embedding: EmbeddingConfig = Field(default_factory=_defaults(EmbeddingConfig))
+    sae: SAEConfig = Field(default_factory=_defaults(SAEConfig))
+    executor: ExecutorConfig = Field(default_factory=_defaults(ExecutorConfig))
+    confounders: ConfoundersConfig = Field(default_factory=_defaults(ConfoundersConfig))
+    edit: EditConfig = Field(default_factory=_defaults(EditConfig))
+    saeception: SAECeptionConfig = Field(default_factory=_defaults(SAECeptionConfig))
+    uncertainty: UncertaintyConfig = Field(default_factory=_defaults(UncertaintyConfig))
 
     def section_dump(self, name: str) -> dict[str, Any]:
         """A JSON-able dump of one section, used for hashing stage settings."""
         return getattr(self, name).model_dump(mode="json")
 
 
+def resolve_config(
+    config_path: str | Path | None = None,
+    recorded: dict[str, Any] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> PathosaeConfig:
+    """The config a command uses; every command resolves its config here.
+
+    Precedence, highest first: ``overrides`` (command-line flags, nested by section, e.g.
+    ``{"embedding": {"device": "cpu"}}``), then the YAML file ``config_path`` (``--config``), then
+    ``recorded`` (the config in the run's run.json), then the built-in defaults. ``--config`` and
+    the recorded config are not merged: a given file replaces the recorded config, and the keys
+    it leaves out take their built-in defaults, as ``pathosae config --config FILE`` prints.
+    """
+    if config_path is not None or recorded is None:
+        return load_config(config_path, overrides)
+    data = _deep_merge(recorded, overrides) if overrides else recorded
+    return _validate(data, "recorded in run.json")
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> PathosaeConfig:
-    """Load a YAML config (the packaged default when ``path`` is None) and validate it.
+    """Load a YAML config (the built-in defaults when ``path`` is None) and validate it.
 
     Errors name the file and the offending key, e.g. ``tiling.tile_pxx: extra inputs are not
     permitted``.
@@ -320,6 +387,10 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         data = loaded
     if overrides:
         data = _deep_merge(data, overrides)
+    return _validate(data, source)
+
+
+def _validate(data: dict[str, Any], source: str) -> PathosaeConfig:
     try:
         return PathosaeConfig.model_validate(data)
     except ValidationError as exc:

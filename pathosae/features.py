@@ -8,8 +8,6 @@ RAM.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -18,10 +16,13 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from pathosae.embedding.h5files import write_feature_file
+from pathosae.cohort.table import load_cohort
+from pathosae.embedding.h5files import read_attrs, write_feature_file
 from pathosae.errors import PathosaeError, StageError
-from pathosae.io import atomic_path, read_json, sha256_file, write_json_atomic
+from pathosae.fingerprint import file_stats
+from pathosae.io import atomic_path, read_json, settings_hash, sha256_file, write_json_atomic
 from pathosae.run import RunDir
+from pathosae.schema import SETTINGS_HASH, SLIDE_ID
 
 MATRIX_NAME = "_matrix.npy"
 MATRIX_MANIFEST = "_matrix.json"
@@ -33,13 +34,11 @@ class FeatureStore:
     """The per-slide feature files of one encoder (``RUN/features/<encoder>/``)."""
 
     def __init__(self, run: RunDir, encoder: str) -> None:
-        from pathosae.cohort import load_cohort
-
         folder = run.require(run.features_dir(encoder), "embed")
         cohort = load_cohort(run)
-        present = [s for s in cohort["slide_id"].astype(str) if (folder / f"{s}.h5").is_file()]
-        self._init(folder, present, cohort.set_index(cohort["slide_id"].astype(str)))
-        self.missing = [s for s in cohort["slide_id"].astype(str) if s not in set(present)]
+        present = [s for s in cohort[SLIDE_ID].astype(str) if (folder / f"{s}.h5").is_file()]
+        self._init(folder, present, cohort.set_index(cohort[SLIDE_ID].astype(str)))
+        self.missing = [s for s in cohort[SLIDE_ID].astype(str) if s not in set(present)]
 
     @classmethod
     def from_folder(cls, folder: str | os.PathLike[str]) -> FeatureStore:
@@ -81,7 +80,7 @@ class FeatureStore:
         if len(shape) != 2:
             raise StageError(f"feature file {self.path(slide_id)}: features have shape {shape}, "
                              "expected (tiles, dim)")
-        return shape  # type: ignore[return-value]
+        return int(shape[0]), int(shape[1])
 
     @property
     def n_tiles(self) -> int:
@@ -100,8 +99,6 @@ class FeatureStore:
         return feats, coords
 
     def attrs(self, slide_id: str) -> dict[str, Any]:
-        from pathosae.embedding.h5files import read_attrs
-
         return read_attrs(self.path(slide_id))
 
     def index(self) -> pd.DataFrame:
@@ -111,15 +108,15 @@ class FeatureStore:
             with h5py.File(self.path(slide_id), "r") as h5:
                 coords = np.asarray(h5["coords"][:], dtype=np.int64).reshape(-1, 2)
             frames.append(pd.DataFrame({
-                "slide_id": slide_id, "tile": np.arange(len(coords), dtype=np.int64),
+                SLIDE_ID: slide_id, "tile": np.arange(len(coords), dtype=np.int64),
                 "x": coords[:, 0], "y": coords[:, 1],
             }))
         index = pd.concat(frames, ignore_index=True)
         index.insert(1, "row", np.arange(len(index), dtype=np.int64))
         if self._cohort is not None:
-            extra = self._cohort.drop(columns=[c for c in (*_COHORT_COLUMNS_LEFT_OUT, "slide_id")
+            extra = self._cohort.drop(columns=[c for c in (*_COHORT_COLUMNS_LEFT_OUT, SLIDE_ID)
                                                if c in self._cohort.columns])
-            index = index.join(extra, on="slide_id")
+            index = index.join(extra, on=SLIDE_ID)
         return index
 
     def matrix(self) -> np.memmap:
@@ -130,7 +127,7 @@ class FeatureStore:
         """
         target = self.folder / MATRIX_NAME
         manifest = self.folder / MATRIX_MANIFEST
-        fingerprint = self._fingerprint()
+        fingerprint = self.fingerprint()
         if target.is_file() and manifest.is_file():
             try:
                 if read_json(manifest).get("fingerprint") == fingerprint:
@@ -159,12 +156,11 @@ class FeatureStore:
                 row += len(block)
         return row
 
-    def _fingerprint(self) -> str:
-        parts = []
-        for slide_id in self.slide_ids:
-            stat = self.path(slide_id).stat()
-            parts.append([slide_id, stat.st_size, stat.st_mtime_ns])
-        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+    def fingerprint(self) -> str:
+        """Every slide's file size and mtime: changes when any feature file is rewritten."""
+        stats = file_stats(self.path(s) for s in self.slide_ids)
+        return settings_hash([[sid, size, mtime] for sid, (_, size, mtime)
+                              in zip(self.slide_ids, stats, strict=True)])
 
 
 # ---- import of TRIDENT / CLAM feature folders ---------------------------------------------------
@@ -185,12 +181,10 @@ def import_features(
     project's layout with attributes recording where they came from. Imported files are kept by
     ``pathosae embed`` (never recomputed).
     """
-    from pathosae.cohort import load_cohort
-
     folder, default_name = locate_feature_folder(fmt, Path(src_dir))
     name = encoder_name or default_name
     files = {p.stem: p for p in sorted(folder.glob("*.h5"))}
-    cohort_ids = [str(s) for s in load_cohort(run)["slide_id"]]
+    cohort_ids = [str(s) for s in load_cohort(run)[SLIDE_ID]]
     matched = [s for s in cohort_ids if s in files]
     if not matched:
         raise PathosaeError(
@@ -208,7 +202,7 @@ def import_features(
             run.features_path(name, slide_id), feats, coords,
             {"encoder": name, "dim": feats.shape[1], "dtype": "float32", "pooling": "unknown",
              "imported_from": str(files[slide_id]), "import_format": fmt,
-             "settings_hash": sha256_file(files[slide_id])[:16], "slide_id": slide_id},
+             SETTINGS_HASH: sha256_file(files[slide_id])[:16], SLIDE_ID: slide_id},
         )
     return {
         "features": name,

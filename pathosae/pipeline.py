@@ -3,10 +3,14 @@
 A stage is a function ``run_stage(run: RunDir, cfg: PathosaeConfig, on_error: OnError) -> dict``
 returning a small JSON-able summary that is stored in ``run.json``. Stages skip work that is
 already finished (per slide for tiling and embedding), so rerunning a stage is cheap.
+
+:func:`run_stages` is the one execution path: ``pathosae run`` and every single-stage command go
+through it, so the executor (local or Slurm) and the run.json bookkeeping are the same for both.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import time
 from collections.abc import Callable
@@ -35,9 +39,9 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("cohort", "pathosae.cohort:run_stage", "validate the manifest, resolve paths, split",
+    Stage("cohort", "pathosae.cohort.stage:run_stage", "validate the manifest, resolve paths, split",
           on_cluster=False),
-    Stage("tile", "pathosae.tiling:run_stage", "detect tissue and tile each slide", per_slide=True),
+    Stage("tile", "pathosae.tiling.stage:run_stage", "detect tissue and tile each slide", per_slide=True),
     # Per-slide stages are called with ``slide_ids`` (one shard of an array job) on a cluster.
     Stage("embed", "pathosae.embedding.stage:run_stage", "embed the tiles with the encoder",
           per_slide=True),
@@ -48,7 +52,7 @@ STAGES: tuple[Stage, ...] = (
           "edit confounders out and measure the effects against baselines"),
     Stage("sharpen", "pathosae.saeception.stage:run_stage",
           "SAE-ception with confounder directions injected, and its controls"),
-    Stage("report", "pathosae.report:run_stage", "write the self-contained report.html",
+    Stage("report", "pathosae.report.stage:run_stage", "write the self-contained report.html",
           on_cluster=False),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
@@ -89,11 +93,20 @@ def run_stages(
     stages: list[Stage],
     on_error: OnError = "stop",
     echo: Callable[[str], None] = print,
+    stage_kwargs: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Run the chosen stages in order, recording status and duration of each in run.json."""
+    """Run the chosen stages in order, recording status and duration of each in run.json.
+
+    ``stage_kwargs`` maps a stage name to extra keyword arguments of its ``run_stage`` (e.g.
+    ``{"edit": {"extra_specs": [...]}}``); they reach the stage on every executor.
+    """
     summaries: dict[str, dict[str, Any]] = {}
     for stage in stages:
         fn = stage.load()
+        kwargs = (stage_kwargs or {}).get(stage.name)
+        if kwargs:
+            # A partial of a module-level function pickles, so it travels to Slurm jobs too.
+            fn = functools.partial(fn, **kwargs)
         echo(f"[{stage.name}] {stage.description}")
         run.set_stage(stage.name, status="running", started=time.time())
         t0 = time.perf_counter()

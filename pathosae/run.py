@@ -18,6 +18,7 @@ from typing import Any
 
 from pathosae.errors import PathosaeError, StageError
 from pathosae.io import read_json, write_json_atomic
+from pathosae.schema import COHORT_ERRORS, COHORT_TABLE, RUN_JSON
 
 TRACKED_PACKAGES = (
     "pathosae", "torch", "timm", "openslide-python", "openslide-bin", "monai", "numpy", "pandas",
@@ -44,15 +45,15 @@ class RunDir:
     # ---- paths -------------------------------------------------------------------------------
     @property
     def run_json(self) -> Path:
-        return self.root / "run.json"
+        return self.root / RUN_JSON
 
     @property
     def cohort_path(self) -> Path:
-        return self.root / "cohort.parquet"
+        return self.root / COHORT_TABLE
 
     @property
     def cohort_errors_path(self) -> Path:
-        return self.root / "cohort_errors.csv"
+        return self.root / COHORT_ERRORS
 
     @property
     def tiles_dir(self) -> Path:

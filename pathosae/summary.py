@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import pandas as pd
 
 from pathosae.run import RunDir
+from pathosae.schema import CONFOUNDERS_DIR, EDITS_DIR, EFFECTS, REPORT_HTML, SAECEPTION_DIR, SUMMARY
+from pathosae.verdict import Verdict, fmt_interval
 
 
 def run_summary(run: RunDir) -> list[str]:
     """Key figures from whatever stages have finished; stages not run are simply left out."""
     lines = [f"run: {run.root}"]
-    for part in (_cohort_line, _sae_line, _confounder_lines, _edit_lines, _saeception_lines):
+    for part in (_cohort_line, _sae_line, _confounder_lines, _verdict_lines, _saeception_lines):
         lines.extend(part(run))
-    report = run.root / "report.html"
+    report = run.root / REPORT_HTML
     if report.exists():
         lines.append(f"report: {report}")
         lines.append(f"app:    pathosae app {run.root}")
@@ -50,7 +53,7 @@ def _sae_line(run: RunDir) -> list[str]:
 
 
 def _confounder_lines(run: RunDir) -> list[str]:
-    path = run.root / "confounders" / "summary.json"
+    path = run.root / CONFOUNDERS_DIR / SUMMARY
     if not path.exists():
         return []
     summary = json.loads(path.read_text())
@@ -66,25 +69,51 @@ def _confounder_lines(run: RunDir) -> list[str]:
     return lines
 
 
-def _edit_lines(run: RunDir) -> list[str]:
-    path = run.root / "edits" / "effects.parquet"
-    if not path.exists():
+def _verdict_lines(run: RunDir) -> list[str]:
+    """One line per declared confounder: present? where? the best fix with its interval and
+    cost, or how many test slides a decision would need (see :mod:`pathosae.verdict`)."""
+    from pathosae.verdict import run_verdicts
+
+    measured = (run.root / CONFOUNDERS_DIR).exists() or (run.root / EDITS_DIR / EFFECTS).exists()
+    if not measured:
         return []
-    table = pd.read_parquet(path)
-    table = table[table["missing_reason"].isna()] if "missing_reason" in table else table
-    needed = {"edit", "mode", "bacc_shifted", "site_leakage"}
-    if table.empty or not needed <= set(table.columns):
-        return []
-    base = table[table["edit"] == "no_edit"].iloc[0]
-    edits = table[table["edit"] != "no_edit"]
-    if edits.empty:
-        return []
-    best = edits.sort_values("bacc_shifted", ascending=False).iloc[0]
-    return [
-        f"best edit: {best['edit']} ({best['mode']}): shifted-test balanced accuracy "
-        f"{_num(base['bacc_shifted'])} -> {_num(best['bacc_shifted'])}, site leakage "
-        f"{_num(base['site_leakage'])} -> {_num(best['site_leakage'])}"
-    ]
+    return [verdict_line(v) for v in run_verdicts(run)]
+
+
+def verdict_line(v: Verdict) -> str:
+    """``site: present (probe AUROC ...); lives in directions; best fix ...``."""
+    presence = v.presence
+    if presence.present is None:
+        present = "presence not measured"
+    else:
+        present = f"{'present' if presence.present else 'not detected'} (probe AUROC " \
+                  f"{fmt_interval(presence.auroc, level=v.level)}, chance <= " \
+                  f"{presence.chance_high:.2f})"
+    where = {"units": "lives in stable SAE units",
+             "directions": "lives in directions, not units"}.get(v.location.kind,
+                                                                  "location unknown")
+    return f"{v.confounder}: {present}; {where}; {_fix_words(v)}"
+
+
+def _fix_words(v: Verdict) -> str:
+    best = v.best
+    if best is None:
+        return "no fix measured yet"
+    ref = v.no_edit_by_mode.get(best.mode)
+    before = f" vs {ref.bacc_shifted.value:.2f} without" if ref is not None else ""
+    shown = (f"{best.name} ({best.mode}): shifted-test balanced accuracy "
+             f"{fmt_interval(best.bacc_shifted, level=v.level)}{before}")
+    if v.outcome == "fix":
+        cost = best.auroc_normal_cost
+        cost_text = f"{cost + 0.0:+.3f}" if cost == cost else "n/a"
+        return f"best fix {shown}, normal-test AUROC cost {cost_text}"
+    if v.outcome == "too_small":
+        need = (f"~{v.slides_needed} test slides needed (now {v.n_shifted_slides})"
+                if v.slides_needed is not None else "more test slides needed")
+        return f"too small to tell; {need}; best so far {shown}"
+    if v.outcome == "no_gain":
+        return f"no fix beats no edit; best {shown}"
+    return f"no intervals in this run's effect table (rerun the edit stage); best {shown}"
 
 
 def _num(value: object) -> str:
@@ -97,7 +126,7 @@ def _num(value: object) -> str:
 
 
 def _saeception_lines(run: RunDir) -> list[str]:
-    path = run.root / "saeception" / "metrics.parquet"
+    path = run.root / SAECEPTION_DIR / "metrics.parquet"
     if not path.exists():
         return []
     table = pd.read_parquet(path)
@@ -111,9 +140,9 @@ def _saeception_lines(run: RunDir) -> list[str]:
     return [f"SAE-ception, last cycle ({' / '.join(cols)}): " + ", ".join(parts)]
 
 
-def print_summary(run: RunDir, echo: object = print) -> None:
+def print_summary(run: RunDir, echo: Callable[[str], object] = print) -> None:
     for line in run_summary(run):
-        echo(line)  # type: ignore[operator]
+        echo(line)
 
 
 __all__ = ["print_summary", "run_summary"]

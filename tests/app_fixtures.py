@@ -61,7 +61,11 @@ def _full_config() -> dict[str, Any]:
 
 def shared_small_run(base: Path) -> Path:
     """One small run per pytest session, shared by the app's test modules (``base``: the
-    session's base temp folder); a finished marker guards against a half-built run."""
+    session's base temp folder); a finished marker guards against a half-built run.
+
+    The shared run is a read-only source: a test module takes a copy (:func:`copy_run`) and a test
+    that writes into a run (tags, saved specs, links) takes a copy of its own, so no test sees
+    what another one wrote."""
     root = base / "app_small_run"
     marker = root / "built.ok"
     if not marker.is_file():
@@ -72,3 +76,11 @@ def shared_small_run(base: Path) -> Path:
         build_small_run(root)
         marker.write_text("ok\n", encoding="utf-8")
     return root / "run"
+
+
+def copy_run(run: Path, dest: Path) -> Path:
+    """A private copy of ``run`` at ``dest`` (the slides it names stay where they are)."""
+    import shutil
+
+    shutil.copytree(run, dest, symlinks=True)
+    return dest

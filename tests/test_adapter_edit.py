@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from planted_bags import planted_bags
 
 from pathosae.downstream import predict_proba, predict_proba_hidden
 from pathosae.downstream.splits import Splits
 from pathosae.downstream.train import tile_hidden
 from pathosae.edit import Editor, EditSpec, apply_code_edit
 from pathosae.edit.spec import Ablate
-from pathosae.edit.stage import read_user_specs
+from pathosae.edit.user_specs import adapter_specs, command_line_embedding_specs, embedding_specs, read_specs
 from pathosae.errors import ConfigError
 from pathosae.saeception.adapter_edits import (
     default_adapter_effects,
@@ -23,8 +25,7 @@ from pathosae.saeception.adapter_edits import (
 )
 from pathosae.saeception.config import SAECeptionConfig
 from pathosae.saeception.cycle import base_model
-from pathosae.saeception.stage import adapter_edit_table, adapter_headline, run_all
-from tests.test_saeception import _planted
+from pathosae.saeception.variants import adapter_edit_table, adapter_headline, run_all
 
 CFG = SAECeptionConfig(
     cycles=1, seeds=[0], variants=["plain", "injected"], n_top=4, cycle_epochs=3,
@@ -42,8 +43,8 @@ EFFECT_COLUMNS = {
 
 @pytest.fixture(scope="module")
 def planted() -> Splits:
-    return Splits(_planted(60, 1, "train", 0.9), _planted(30, 2, "val", 0.9),
-                  _planted(30, 3, "test", 0.1))
+    return Splits(planted_bags(60, 1, "train", 0.9), planted_bags(30, 2, "val", 0.9),
+                  planted_bags(30, 3, "test", 0.1))
 
 
 @pytest.fixture(scope="module")
@@ -73,11 +74,17 @@ def test_an_empty_edit_is_the_identity(trained, planted) -> None:
     hidden = hidden_splits(model, planted)
     h = hidden.train.x
     assert torch.allclose(apply_code_edit(h, sae, []), h, atol=1e-5)
-    silent = int(((sae.encode(h) > 0).sum(0) == 0).nonzero().flatten()[0]) \
-        if bool(((sae.encode(h) > 0).sum(0) == 0).any()) else None
-    if silent is not None:  # ablating a unit that never fires changes nothing
-        spec = EditSpec(name="s", layer="adapter", ops=[Ablate(units=[silent])])
-        assert torch.allclose(Editor(spec, sae).fit_transform(h), h, atol=1e-5)
+    # Ablating a unit that never fires changes nothing. Silence the unit that fires most often
+    # (no encoder weights, a bias far below any pre-activation): it is then zero on every tile.
+    unit = int((sae.encode(h) > 0).sum(0).argmax())
+    spec = EditSpec(name="s", layer="adapter", ops=[Ablate(units=[unit])])
+    assert not torch.allclose(Editor(spec, sae).fit_transform(h), h, atol=1e-5)  # it fires here
+    silenced = copy.deepcopy(sae)
+    with torch.no_grad():
+        silenced.W_enc[unit] = 0.0
+        silenced.b_enc[unit] = -1e6
+    assert not (silenced.encode(h)[:, unit] > 0).any()
+    assert torch.allclose(Editor(spec, silenced).fit_transform(h), h, atol=1e-5)
     # The head on unedited h gives the model's own predictions.
     assert np.allclose(predict_proba_hidden(model, hidden.shifted),
                        predict_proba(model, planted.shifted), atol=1e-6)
@@ -122,17 +129,21 @@ def test_spec_layer_and_model_from_file_or_command_line(tmp_path: Path) -> None:
                        ops=[Ablate(units=[1])])
     (tmp_path / "a.json").write_text(adapter.to_json())
     assert EditSpec.from_file(tmp_path / "a.json") == adapter
-    embed, on_adapter = read_user_specs([tmp_path / "p.json", tmp_path / "a.json"], [], None)
-    assert [s.name for s in embed] == ["p"] and [s.name for s in on_adapter] == ["a"]
-    embed, on_adapter = read_user_specs([], [tmp_path / "p.json"], "cycle_1/plain_seed0")
-    assert not embed and on_adapter[0].model == "cycle_1/plain_seed0"
+    config_specs = [tmp_path / "p.json", tmp_path / "a.json"]
+    assert [s.name for s in embedding_specs(read_specs(config_specs))] == ["p"]
+    assert [s.name for s in adapter_specs(config_specs, [], None)] == ["a"]
+    on_adapter = adapter_specs([], [tmp_path / "p.json"], "cycle_1/plain_seed0")
+    assert [(s.name, s.layer, s.model) for s in on_adapter] == [("p", "adapter", "cycle_1/plain_seed0")]
+    assert [s.name for s in command_line_embedding_specs([tmp_path / "p.json"])] == ["p"]
+    with pytest.raises(ConfigError, match="adapter layer"):
+        command_line_embedding_specs([tmp_path / "a.json"])
     (tmp_path / "e.json").write_text(
         '{"name": "e", "layer": "embedding", "ops": [{"op": "project_out", "vector": [1.0]}]}')
     with pytest.raises(ConfigError, match="layer: embedding"):
-        read_user_specs([], [tmp_path / "e.json"], "cycle_1/plain_seed0")
+        adapter_specs([], [tmp_path / "e.json"], "cycle_1/plain_seed0")
     (tmp_path / "n.json").write_text(
         '{"name": "n", "layer": "adapter", "ops": [{"op": "ablate", "units": [1]}]}')
     with pytest.raises(ConfigError, match="no SAE-ception model"):
-        read_user_specs([tmp_path / "n.json"], [], None)
+        adapter_specs([tmp_path / "n.json"], [], None)
     with pytest.raises(ValueError, match="layer: adapter"):
         EditSpec(name="x", model="cycle_1/plain_seed0", ops=[Ablate(units=[1])])

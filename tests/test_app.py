@@ -8,9 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-pytest.importorskip("streamlit")
-from app_fixtures import shared_small_run
+from app_fixtures import copy_run, shared_small_run
 from streamlit.testing.v1 import AppTest
 
 from pathosae.app import AccessError, PathGuard, RunView
@@ -21,17 +19,30 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def small_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def source_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's shared small run: only ever copied, never opened by a test."""
     return shared_small_run(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="module")
-def partial_run(small_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def small_run(source_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This module's copy of the run, for the tests that only read it."""
+    return copy_run(source_run, tmp_path_factory.mktemp("app_read") / "run")
+
+
+@pytest.fixture()
+def own_run(source_run: Path, tmp_path: Path) -> Path:
+    """A copy of the run for one test that writes into it (tags, saved specs, links)."""
+    return copy_run(source_run, tmp_path / "run")
+
+
+@pytest.fixture(scope="module")
+def partial_run(source_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run where only the cohort stage has run."""
     root = tmp_path_factory.mktemp("partial") / "run"
     root.mkdir()
     for name in ("cohort.parquet", "run.json"):
-        shutil.copy(small_run / name, root / name)
+        shutil.copy(source_run / name, root / name)
     return root
 
 
@@ -82,7 +93,8 @@ def test_cohort_page_shows_slides_crosstab_and_qc(small_run: Path) -> None:
     assert len(at.get("image")) >= 1  # QC thumbnails
 
 
-def test_units_page_shows_a_unit_with_tiles_stats_and_tag(small_run: Path) -> None:
+def test_units_page_shows_a_unit_with_tiles_stats_and_tag(own_run: Path) -> None:
+    small_run = own_run
     view = RunView(small_run)
     acts = view.activations(view.default_sae())
     unit = int(acts.units.sort_values("frequency").iloc[-1]["unit"])
@@ -125,9 +137,10 @@ def test_confounders_page_shows_heatmap_leakage_directions(small_run: Path) -> N
     assert "flagged units" in texts(at)
 
 
-def test_edits_page_measures_and_saves_an_edit(small_run: Path) -> None:
+def test_edits_page_measures_and_saves_an_edit(own_run: Path) -> None:
     from pathosae.edit.spec import EditSpec
 
+    small_run = own_run
     view = RunView(small_run)
     acts = view.activations(view.default_sae())
     units = acts.units.sort_values("frequency").tail(3)["unit"].tolist()
@@ -159,10 +172,11 @@ def test_edits_page_projects_out_a_direction(small_run: Path) -> None:
     assert len(effects) == 2 and "site_leakage" in effects.columns
 
 
-def test_edits_page_edits_the_adapter_layer_of_an_saeception_model(small_run: Path) -> None:
+def test_edits_page_edits_the_adapter_layer_of_an_saeception_model(own_run: Path) -> None:
     from pathosae.app.edits import adapter_models
     from pathosae.edit.spec import EditSpec
 
+    small_run = own_run
     models = adapter_models(RunView(small_run))
     assert models and all(m.startswith("cycle_") for m in models)
     at = open_page(small_run, "Edits")
@@ -205,8 +219,155 @@ def test_no_run_given_is_a_clear_message(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert "does not exist" in at.error[0].value
 
 
+# ---- verdict page -----------------------------------------------------------------------------
+def hand_verdicts(confounders: list[str]) -> list:
+    """Verdicts built by hand: one per confounder; the first is present and fixed by ablating
+    its units, the others not detected and too small to tell."""
+    from pathosae.verdict import Fix, Interval, Location, Presence, Verdict
+
+    def fix(name: str, kind: str, value: float, better: bool = False) -> Fix:
+        return Fix(name, kind, "applied", Interval(value, value - 0.08, value + 0.06),
+                   Interval(value - 0.1, value - 0.2, value - 0.02),
+                   Interval(value - 0.70, value - 0.74, value - 0.66), 0.012, better)
+
+    out = []
+    for i, name in enumerate(confounders):
+        no_edit = fix("no_edit", "edit", 0.70)
+        best = fix(f"ablate_flagged_{name}", "edit", 0.81, better=i == 0)
+        fixes = [best, fix(f"leace_{name}", "baseline", 0.74), fix("combat", "baseline", 0.72)]
+        out.append(Verdict(
+            confounder=name,
+            presence=Presence(Interval(0.86, 0.74, 0.95), 0.62, i == 0, f"{name}: probe text"),
+            location=Location("units", 3, 2, f"{name}: location text", units=(1, 2, 3)),
+            no_edit=no_edit, best=best, random_band=(0.68, 0.73), fixes=fixes,
+            advice=f"Advice on {name}.", slides_needed=None if i == 0 else 120,
+            outcome="fix" if i == 0 else "too_small", no_edit_by_mode={"applied": no_edit},
+            random_band_by_mode={"applied": (0.68, 0.73)},
+        ))
+    return out
+
+
+@pytest.fixture()
+def fake_verdicts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """run_verdicts replaced by :func:`hand_verdicts` on the run's declared confounders."""
+    import pathosae.verdict
+
+    def fake(run: pathosae.verdict.RunDir) -> list:
+        return hand_verdicts(list(RunView(run.root).config.cohort.confounders))
+
+    monkeypatch.setattr(pathosae.verdict, "run_verdicts", fake)
+
+
+def open_default(run: Path) -> AppTest:
+    """The app as a fresh session opens it: no page chosen."""
+    os.environ["PATHOSAE_APP_RUN"] = str(run)
+    return AppTest.from_file(str(APP), default_timeout=180).run()
+
+
+def test_verdict_is_the_first_page_and_names_each_confounder(small_run: Path) -> None:
+    at = open_default(small_run)
+    assert_clean(at)
+    assert at.session_state["page"] == "Verdict"
+    assert at.header[0].value == "Verdict"
+    confounders = list(RunView(small_run).config.cohort.confounders)
+    assert confounders
+    assert [s.value for s in at.main.subheader] == confounders
+    summary = frame(at, "confounder", "present", "best fix")
+    assert list(summary["confounder"]) == confounders
+    assert [m.label for m in at.metric] == ["Present?", "Where it lives", "Best fix"] * \
+        len(confounders)
+    assert "95% CI" in texts(at) and "probe AUROC" in texts(at)
+    assert at.get("image"), "a forest plot of the fixes"
+
+
+def test_verdict_page_shows_intervals_forest_plot_and_baselines(
+    small_run: Path, fake_verdicts: None
+) -> None:
+    at = open_default(small_run)
+    assert_clean(at)
+    shown = texts(at)
+    assert "probe AUROC 0.86 (95% CI 0.74–0.95); chance level up to 0.62" in shown
+    assert "balanced accuracy 0.81 (95% CI 0.73–0.87); change against no edit " \
+        "+0.11 (95% CI +0.07–+0.15); normal-test AUROC cost +0.012" in shown
+    assert "**best baseline**, LEACE (site) (applied): balanced accuracy 0.74" in shown
+    assert "**no edit** (applied): balanced accuracy 0.70 (95% CI 0.62–0.76)" in shown
+    assert "random units of the same size: balanced accuracy 0.68–0.73" in shown
+    assert "Advice on site." in shown
+    metrics = [(m.label, m.value) for m in at.metric]
+    assert metrics[:3] == [("Present?", "present"), ("Where it lives", "stable SAE units"),
+                           ("Best fix", "ablate the flagged site units")]
+    assert ("Present?", "not detected") in metrics
+    assert ("Best fix", "too few slides to tell") in metrics
+    fixes = frame(at, "fix", "shifted balanced accuracy", "clears no edit and random")
+    assert list(fixes["edit"]) == ["ablate_flagged_site", "leace_site", "combat", "no_edit"]
+    assert list(fixes["clears no edit and random"]) == ["yes", "no", "no", ""]
+    assert len(at.get("image")) == len(metrics) // 3  # a forest plot per confounder
+
+
+def test_verdict_links_open_the_units_and_edits_pages(small_run: Path, fake_verdicts: None) -> None:
+    at = open_default(small_run)
+    at.button(key="verdict_unit_site_2").click()
+    at.run()
+    assert_clean(at)
+    assert at.session_state["page"] == "Units"
+    assert at.session_state["unit"] == 2
+    assert "Unit 2" in texts(at)
+    at = open_default(small_run)
+    at.button(key="verdict_edit_site").click()
+    at.run()
+    assert_clean(at)
+    assert at.session_state["page"] == "Edits"
+    assert at.header[0].value == "Edits"
+    assert at.session_state["edit_op"] == "ablate"  # the saved spec's units, else the verdict's
+    assert at.text_input(key="edit_units").value
+
+
+def test_verdict_page_without_the_edit_stage_names_it(own_run: Path) -> None:
+    shutil.rmtree(own_run / "edits")
+    at = open_page(own_run, "Verdict")
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("edit" in w.value for w in at.warning)
+    assert any("pathosae edit --run" in c.value for c in at.code)
+    assert [s.value for s in at.main.subheader] == \
+        list(RunView(own_run).config.cohort.confounders)  # presence and location still shown
+
+
+def test_verdict_page_before_the_confounders_stage_names_it(partial_run: Path) -> None:
+    at = open_page(partial_run, "Verdict")
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("confounders" in w.value for w in at.warning)
+    assert any("--stages confounders" in c.value for c in at.code)
+
+
+def test_verdict_view_tables_and_headlines() -> None:
+    from dataclasses import replace
+
+    from pathosae.app.verdict_view import (
+        MAX_UNIT_LINKS,
+        best_word,
+        fixes_table,
+        summary_table,
+        unit_links,
+    )
+    from pathosae.verdict import Location
+
+    site, scanner = hand_verdicts(["site", "scanner"])
+    table = fixes_table(site)
+    assert list(table["edit"]) == ["ablate_flagged_site", "leace_site", "combat", "no_edit"]
+    assert "mode" not in table and "not measured" not in table  # one mode, all measured
+    assert best_word(site) == "ablate the flagged site units"
+    assert best_word(scanner) == "too few slides to tell"
+    assert best_word(replace(site, best=None, outcome="not_measured")) == "not measured yet"
+    summary = summary_table([site, scanner])
+    assert list(summary["present"]) == ["present", "not detected"]
+    many = replace(site, location=Location("units", 20, 20, "", units=tuple(range(20))))
+    assert unit_links(many) == list(range(MAX_UNIT_LINKS))
+    assert unit_links(replace(site, location=Location("unknown", 0, None, ""))) == []
+
+
 # ---- data access ------------------------------------------------------------------------------
-def test_path_guard_refuses_files_outside_the_run(small_run: Path, tmp_path: Path) -> None:
+def test_path_guard_refuses_files_outside_the_run(own_run: Path, tmp_path: Path) -> None:
+    small_run = own_run
     view = RunView(small_run)
     with pytest.raises(AccessError):
         view.guard.run_file("..", "..", "etc", "passwd")
@@ -217,11 +378,8 @@ def test_path_guard_refuses_files_outside_the_run(small_run: Path, tmp_path: Pat
     with pytest.raises(PathosaeError):
         view.qc_image("../../../etc/passwd")
     (small_run / "evil_link").symlink_to("/etc")
-    try:
-        with pytest.raises(AccessError):
-            view.guard.run_file("evil_link", "passwd")
-    finally:
-        (small_run / "evil_link").unlink()
+    with pytest.raises(AccessError):
+        view.guard.run_file("evil_link", "passwd")
     slide = view.cohort["path"].iloc[0]
     assert view.guard.slide_file(slide) == Path(slide).resolve()
     guard = PathGuard(tmp_path, [])
@@ -252,7 +410,8 @@ def test_unit_cache_matches_dense_codes_and_is_reused(small_run: Path) -> None:
     assert (view.cache_dir(sae_name) / "meta.json").stat().st_mtime_ns == stamp
 
 
-def test_tags_are_validated_and_saved_atomically(small_run: Path) -> None:
+def test_tags_are_validated_and_saved_atomically(own_run: Path) -> None:
+    small_run = own_run
     view = RunView(small_run)
     view.tags.set("topk", 3, "phenotype", "glands")
     assert RunView(small_run).tags.get("topk", 3)["note"] == "glands"

@@ -1,8 +1,15 @@
-"""End to end: the app server opened in headless Chromium, clicked through to a unit and an edit."""
+"""End to end: the app server opened in headless Chromium, clicked through to a unit and an edit.
+
+Needs Debian's Chromium and the playwright package (test extra). Without them the test skips on
+a developer machine and fails where the browser is required: in CI (the CI variable set) or with
+PATHOSAE_REQUIRE_BROWSER=1.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -11,14 +18,40 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from app_fixtures import shared_small_run
+from app_fixtures import copy_run, shared_small_run
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")
 APP = Path(__file__).resolve().parent.parent / "apps" / "pathosae_app.py"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SCREENSHOTS_ENV = "PATHOSAE_APP_SCREENSHOTS"  # a folder: also save a screenshot of each page
 pytestmark = pytest.mark.slow
+
+
+def browser_required() -> bool:
+    """In CI (CI set, as CI services do) or with PATHOSAE_REQUIRE_BROWSER=1 a missing browser is
+    a failure, not a skip."""
+    ci = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+    return ci or os.environ.get("PATHOSAE_REQUIRE_BROWSER") == "1"
+
+
+def missing_browser() -> str | None:
+    """Why the browser test cannot run here, or None."""
+    if not CHROMIUM.is_file():
+        return f"{CHROMIUM} is missing (apt-get install chromium, as root; `make system-deps`)"
+    if importlib.util.find_spec("playwright") is None:
+        return "playwright is not installed (pip install -e '.[test]')"
+    return None
+
+
+def check_browser() -> None:
+    """Skip (developer machine) or fail (browser required) when the browser cannot run."""
+    reason = missing_browser()
+    if reason is None:
+        return
+    if browser_required():
+        pytest.fail(f"{reason}; CI / PATHOSAE_REQUIRE_BROWSER=1 require the browser test")
+    pytest.skip(reason)
 
 
 def free_port() -> int:
@@ -29,10 +62,10 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
-    if not CHROMIUM.is_file():
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium; see the Makefile)")
-    pytest.importorskip("playwright.sync_api", reason="playwright is not installed (test extra)")
-    run = shared_small_run(tmp_path_factory.getbasetemp())
+    check_browser()
+    # A copy of its own: the test saves an edit spec into the run it serves.
+    run = copy_run(shared_small_run(tmp_path_factory.getbasetemp()),
+                   tmp_path_factory.mktemp("browser_run") / "run")
     port = free_port()
     log = (tmp_path_factory.mktemp("server") / "streamlit.log").open("w")
     proc = subprocess.Popen(
@@ -95,6 +128,24 @@ def wait_idle(page) -> None:
     page.wait_for_selector("[data-testid='stStatusWidget']", state="detached", timeout=120_000)
 
 
+def test_the_first_page_is_the_verdict_on_each_confounder(server, page) -> None:
+    from pathosae.app import RunView
+
+    url, run = server
+    confounders = list(RunView(run).config.cohort.confounders)
+    assert confounders
+    page.goto(url, wait_until="networkidle")  # no page named: the app opens on the verdict
+    page.get_by_role("heading", name="Verdict").wait_for(timeout=120_000)
+    wait_idle(page)
+    main = page.get_by_test_id("stMain")
+    for name in confounders:
+        assert main.get_by_role("heading", name=name).first.is_visible()
+    assert main.get_by_text("Present?").count() == len(confounders)
+    assert main.get_by_text("Best fix").count() >= len(confounders)
+    assert page.get_by_test_id("stSidebar").get_by_text("Verdict", exact=True).is_visible()
+    snapshot(page, "verdict")
+
+
 def test_click_through_to_a_unit_and_an_edit(server, page) -> None:
     from pathosae.app import RunView
 
@@ -146,4 +197,19 @@ def test_click_through_to_a_unit_and_an_edit(server, page) -> None:
     page.get_by_text("Last cycle").wait_for(timeout=120_000)
     wait_idle(page)
     snapshot(page, "saeception")
-    (run / "edits" / "my_edit.json").unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize(("env", "fails"), [
+    ({}, False), ({"CI": "false"}, False), ({"CI": "true"}, True),
+    ({"PATHOSAE_REQUIRE_BROWSER": "1"}, True),
+])
+def test_a_missing_browser_skips_only_on_a_developer_machine(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, env: dict[str, str], fails: bool
+) -> None:
+    for name in ("CI", "PATHOSAE_REQUIRE_BROWSER"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(sys.modules[__name__], "CHROMIUM", tmp_path / "no_chromium")
+    with pytest.raises(pytest.fail.Exception if fails else pytest.skip.Exception, match="no_chromium"):
+        check_browser()

@@ -13,6 +13,7 @@ from pathosae.config import PathosaeConfig, config_yaml, load_config
 from pathosae.errors import ConfigError
 
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+COHORT_CONFIGS = [p for p in CONFIGS if p.name != "default.yaml"]
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
@@ -52,3 +53,29 @@ def test_nested_unknown_keys_and_bad_values_are_named(tmp_path):
     config.write_text("- just\n- a list\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(config)
+
+
+def test_built_in_defaults_are_exactly_configs_default_yaml():
+    assert load_config(None).model_dump() == load_config(CONFIGS[0].parent / "default.yaml").model_dump()
+
+
+def test_cli_config_without_a_file_prints_the_built_in_defaults():
+    result = CliRunner().invoke(app, ["config"])
+    assert result.exit_code == 0
+    assert PathosaeConfig.model_validate(yaml.safe_load(result.output)) == load_config(None)
+
+
+@pytest.mark.parametrize("path", COHORT_CONFIGS, ids=[p.name for p in COHORT_CONFIGS])
+def test_cohort_configs_set_cohort_scale_sae_training(path):
+    """The built-ins are the CPU demo's; every config for a real cohort scales the SAE up."""
+    sae, demo = load_config(path).sae, load_config(None).sae
+    assert sae.expansion >= 8 and sae.batch_size >= 1024
+    assert sae.n_samples >= 300_000 and sae.dead_window >= 100_000
+    assert (sae.n_samples, sae.dead_window) != (demo.n_samples, demo.dead_window)
+
+
+def test_ground_truth_is_a_top_level_key(tmp_path):
+    assert load_config(None).ground_truth is None
+    config = tmp_path / "c.yaml"
+    config.write_text(f"ground_truth: {tmp_path}\n")
+    assert load_config(config).ground_truth == tmp_path

@@ -100,6 +100,24 @@ def test_permuted_null_passes_about_the_expected_rate() -> None:
 
 
 # ---- the stages on a tiny synthetic run ---------------------------------------------------------------
+def _normaliser_fallbacks(run, manifest: Path) -> tuple[int, int]:
+    """(tiles, tiles the stain normaliser returns unchanged) over the run's tiles, read here."""
+    import openslide
+
+    from pathosae.tiling.reader import load_tiles, read_tile
+
+    normalise = HEStainNormaliser()
+    slides = pd.read_csv(manifest)
+    n_tiles = n_fallback = 0
+    for sid, path in zip(slides["slide_id"], slides["path"], strict=True):
+        coords, geom = load_tiles(run, sid)
+        with openslide.OpenSlide(manifest.parent / path) as slide:
+            for x, y in coords:
+                n_fallback += not normalise(read_tile(slide, int(x), int(y), geom))[1]
+        n_tiles += len(coords)
+    return n_tiles, n_fallback
+
+
 TINY = {
     "embedding": {"batch_size": 16, "num_workers": 0},
     "sae": {"expansion": 2, "k": 8, "n_samples": 4096, "batch_size": 128, "dead_window": 2048,
@@ -114,16 +132,23 @@ TINY = {
 def test_tiny_run_writes_baselines_controls_and_ground_truth(
     small_synth_cohort: Path, tmp_path: Path
 ) -> None:
-    from pathosae.sae.stage import RANDOM_ENCODER_SAE
+    from pathosae.schema import RANDOM_ENCODER_SAE
     from pathosae.workflow import prepare_run, run_pipeline
 
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump(TINY), encoding="utf-8")
+    # Ground-truth scoring happens only when the config names the synthetic cohort's folder.
+    truth_dir = small_synth_cohort.parent / "ground_truth"
+    config.write_text(yaml.safe_dump({**TINY, "ground_truth": str(truth_dir)}), encoding="utf-8")
     run, cfg = prepare_run(small_synth_cohort, tmp_path / "run", config)
     run_pipeline(run, cfg, until="confounders", echo=lambda _: None)
     embed = run.read_state()["stages"]["embed"]["summary"]
     assert set(embed["baselines"]) == {"random_weights", "stain_normalised"}
-    assert embed["baselines"]["stain_normalised"]["normaliser_fallback_tiles"] >= 0
+    # The fallback count is the number of tiles the normaliser cannot handle, counted here
+    # tile by tile from the slides.
+    n_tiles, n_fallback = _normaliser_fallbacks(run, small_synth_cohort)
+    stain = embed["baselines"]["stain_normalised"]
+    assert stain["normaliser_fallback_tiles"] == n_fallback < n_tiles
+    assert stain["tiles"] == n_tiles
 
     encoder = cfg.embedding.encoder
     sid = sorted(p.stem for p in run.features_dir(encoder).glob("*.h5"))[0]
@@ -148,10 +173,26 @@ def test_tiny_run_writes_baselines_controls_and_ground_truth(
     assert set(truth["effect"]) == {"site", "scanner"}
     gt = summary["ground_truth"]
     assert gt["planted_vs_stored_cosine"] > 0.99  # the render is the slide the pipeline read
+    # Precision and recall follow from the scan's q-values and the true units, counted here.
+    assoc = pd.read_parquet(out / "associations.parquet")
+    alpha = cfg.confounders.fdr_alpha
     for effect in ("site", "scanner"):
-        assert gt[effect]["n_true"] > 0
-        for key in ("precision", "recall"):
-            value = gt[effect][key]
-            assert value is None or 0.0 <= value <= 1.0  # null when nothing is flagged
+        rows = truth[truth["effect"] == effect].sort_values("unit")
+        assert rows["unit"].tolist() == list(range(len(rows)))  # one row per SAE unit
+        hits = assoc[(assoc["variable"] == effect) & (assoc["q"] <= alpha)]
+        flagged = set(hits["unit"].astype(int))
+        assert set(rows.loc[rows["flagged"], "unit"]) == flagged
+        true_units = set(rows.loc[rows["true_unit"], "unit"])
+        both = len(flagged & true_units)
+        figures = gt[effect]
+        assert figures["n_true"] == len(true_units) > 0
+        assert figures["n_flagged"] == len(flagged) and figures["true_positives"] == both
+        assert figures["recall"] == pytest.approx(both / len(true_units), abs=1e-4)
+        slide_level = assoc[(assoc["variable"] == effect) & (assoc["level"] == "slide")]
+        assert figures["n_tested"] == slide_level.loc[slide_level["p"].notna(), "unit"].nunique()
+        if flagged:
+            assert figures["precision"] == pytest.approx(both / len(flagged), abs=1e-4)
+        else:
+            assert figures["precision"] is None  # undefined with nothing flagged: null
     again = run_pipeline(run, cfg, stages=["confounders"], echo=lambda _: None)
     assert again["confounders"].get("skipped")

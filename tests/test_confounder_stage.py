@@ -8,15 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-pytest.importorskip("pathosae.features")
-pytest.importorskip("pathosae.sae")
-h5files = pytest.importorskip("pathosae.embedding.h5files")
-
-from pathosae.config import load_config  # noqa: E402
-from pathosae.confounders.directions import load_directions  # noqa: E402
-from pathosae.confounders.stage import run_stage  # noqa: E402
-from pathosae.errors import StageError  # noqa: E402
-from pathosae.run import RunDir  # noqa: E402
+from pathosae.config import load_config
+from pathosae.confounders.directions import load_directions
+from pathosae.confounders.stage import run_stage
+from pathosae.embedding import h5files
+from pathosae.errors import StageError
+from pathosae.run import RunDir
+from pathosae.sae import build_sae, save_sae
 
 ENCODER = "toy"
 N_SLIDES, TILES, DIM = 36, 12, 12
@@ -24,8 +22,6 @@ N_SLIDES, TILES, DIM = 36, 12, 12
 
 def _make_run(root) -> RunDir:
     import torch
-
-    from pathosae.sae import build_sae, save_sae
 
     rng = np.random.default_rng(0)
     run = RunDir(root)

@@ -16,7 +16,7 @@ from pathosae.downstream import (
     train_downstream,
 )
 from pathosae.downstream.bags import concat_bags
-from pathosae.downstream.metrics import site_leakage_report
+from pathosae.downstream.metrics import TileRows, site_leakage_report
 from pathosae.errors import StageError
 
 
@@ -114,7 +114,7 @@ def test_leakage_falls_back_to_tiles_grouped_by_slide() -> None:
     slide_x = tiles_x.mean(1)
     tile_x, tile_slide = tiles_x.reshape(-1, 4), np.repeat(np.arange(len(y)), tiles_x.shape[1])
     assert site_leakage_report(slide_x, site, y).estimator != "slide_within_class"
-    report = site_leakage_report(slide_x, site, y, tile_features=tile_x, tile_slide=tile_slide)
+    report = site_leakage_report(slide_x, site, y, tiles=TileRows(tile_x, tile_slide))
     assert report.estimator == "tile_within_class" and report.value > 0.9
     assert report.columns()["site_leakage_estimator"] == "tile_within_class"
     # Without tiles the class-centred slide probe answers.
@@ -128,7 +128,7 @@ def test_tile_fallback_does_not_read_the_site_off_the_slide_identity() -> None:
     tiles_x += np.random.default_rng(3).normal(scale=5.0, size=(len(y), 1, 4))
     tile_x, tile_slide = tiles_x.reshape(-1, 4), np.repeat(np.arange(len(y)), 20)
     report = site_leakage_report(tiles_x.mean(1), site, y, min_per_site=7,
-                                 tile_features=tile_x, tile_slide=tile_slide)
+                                 tiles=TileRows(tile_x, tile_slide))
     assert report.estimator == "tile_within_class"
     assert report.value < 0.75  # chance is 0.5
 

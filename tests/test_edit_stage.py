@@ -4,6 +4,7 @@ confounders → edit → sharpen), checked for the structure and invariants of t
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,13 @@ def stage_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run, cfg = prepare_run(manifest, base / "run", _config(base))
     run_pipeline(run, cfg, until="sharpen", echo=lambda _: None)
     return base / "run"
+
+
+@pytest.fixture()
+def own_run(stage_run: Path, tmp_path: Path) -> Path:
+    """A copy of the stage run for a test that reruns a stage or adds outputs to it, so the
+    other tests keep reading the run as the module fixture built it."""
+    return Path(shutil.copytree(stage_run, tmp_path / "run", symlinks=True))
 
 
 def test_edit_table_invariants(stage_run: Path) -> None:
@@ -115,17 +123,28 @@ def test_a_finished_stage_is_not_recomputed(stage_run: Path) -> None:
     assert summaries["edit"].get("skipped") and summaries["sharpen"].get("skipped")
 
 
-def test_a_tiny_cohort_runs_or_stops_with_the_fix(small_synth_cohort: Path, tmp_path: Path) -> None:
-    """Six slides: each stage either finishes or stops with a StageError that names the fix."""
+def test_a_tiny_cohort_stops_edit_and_sharpen_with_the_fix(
+    small_synth_cohort: Path, tmp_path: Path
+) -> None:
+    """Six slides, with the manifest's splits: the training split holds a single slide of one
+    class, too few to train the downstream model, so both stages stop with a StageError that
+    names the split, the class, the counts and the fix, and write no table."""
+    manifest = pd.read_csv(small_synth_cohort)
+    per_class = manifest.loc[manifest["split"] == "train", "label"].value_counts().sort_index()
+    short = sorted(per_class[per_class < 2].index)
+    assert short, "the fixture's training split should lack slides of some class"
+    expected = (f"split 'train' has fewer than 2 slides of class(es) {short} (slides per class: "
+                f"{ {str(k): int(v) for k, v in per_class.items()} }). Fix: add slides of those "
+                "classes, or move patients into the training split")
     run, cfg = prepare_run(small_synth_cohort, tmp_path / "run", _config(tmp_path))
     run_pipeline(run, cfg, until="confounders", echo=lambda _: None)
-    for stage, table in (("edit", "edits/effects.parquet"), ("sharpen", "saeception/metrics.parquet")):
-        try:
+    for stage, folder in (("edit", "edits"), ("sharpen", "saeception")):
+        with pytest.raises(StageError) as caught:
             run_pipeline(run, cfg, stages=[stage], echo=lambda _: None)
-        except StageError as exc:
-            assert "Fix:" in str(exc) and "split" in str(exc)
-        else:
-            assert (tmp_path / "run" / table).is_file()
+        assert str(caught.value).startswith(expected), stage
+        assert not (run.root / folder).exists(), stage
+        entry = run.read_state()["stages"][stage]
+        assert entry["status"] == "failed" and entry["error"].startswith(expected)
 
 
 def test_sharpen_writes_adapter_edits_of_every_last_cycle_model(stage_run: Path) -> None:
@@ -139,7 +158,7 @@ def test_sharpen_writes_adapter_edits_of_every_last_cycle_model(stage_run: Path)
     assert "adapter_edits" in summary and "held_out_site" in summary
 
 
-def test_cli_edit_applies_a_spec_to_an_saeception_model(stage_run: Path, tmp_path: Path) -> None:
+def test_cli_edit_applies_a_spec_to_an_saeception_model(own_run: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from pathosae.cli import app
@@ -147,28 +166,32 @@ def test_cli_edit_applies_a_spec_to_an_saeception_model(stage_run: Path, tmp_pat
     spec = tmp_path / "s.yaml"
     spec.write_text(yaml.safe_dump({"name": "ablate_two", "ops": [{"op": "ablate", "units": [0, 1]}]}))
     model = f"cycle_{CYCLES}/injected_seed0"
-    result = CliRunner().invoke(app, ["edit", "--run", str(stage_run), "--spec", str(spec),
+    effects = own_run / "edits" / "effects.parquet"
+    before = (effects.stat().st_ino, effects.stat().st_mtime_ns)
+    result = CliRunner().invoke(app, ["edit", "--run", str(own_run), "--spec", str(spec),
                                       "--model", model])
     assert result.exit_code == 0, result.output
-    table = pd.read_parquet(stage_run / "edits" / "adapter_effects.parquet")
+    # Adapter-layer specs are measured by the sharpen stage, on the model the command names.
+    table = pd.read_parquet(own_run / "saeception" / "adapter_spec_effects.parquet")
     assert list(table["edit"]) == ["no_edit", "ablate_two"] and set(table["model"]) == {model}
     assert table.loc[1, "n_units"] == 2 and np.isfinite(table["bacc_shifted"].to_numpy(float)).all()
+    summary = json.loads((own_run / "saeception" / "summary.json").read_text())
+    assert summary["adapter_spec_edits"] == ["ablate_two"]
     # The embedding table was not recomputed for the adapter spec.
-    summary = json.loads((stage_run / "edits" / "summary.json").read_text())
-    assert summary["adapter_edits"] == ["ablate_two"]
-    bad = CliRunner().invoke(app, ["edit", "--run", str(stage_run), "--spec", str(spec),
+    assert (effects.stat().st_ino, effects.stat().st_mtime_ns) == before
+    bad = CliRunner().invoke(app, ["edit", "--run", str(own_run), "--spec", str(spec),
                                    "--model", "cycle_9/nothing_seed0"])
     assert bad.exit_code != 0 and "cycle_9/nothing_seed0" in str(bad.output) + str(bad.exception)
 
 
-def test_leave_one_site_out_on_a_run(stage_run: Path, tmp_path: Path) -> None:
+def test_leave_one_site_out_on_a_run(own_run: Path, tmp_path: Path) -> None:
     from pathosae.workflow import run_one_stage
 
     config = _config(tmp_path, {"edit": {**TINY["edit"], "modes": ["applied"], "random_draws": 1,
                                          "shifted_split": "leave_one_site_out"}})
-    summary = run_one_stage(stage_run, config, "edit", "stop")
+    summary = run_one_stage(own_run, config, "edit", "stop")
     site = summary["held_out_site"]
-    effects = pd.read_parquet(stage_run / "edits" / "effects.parquet")
+    effects = pd.read_parquet(own_run / "edits" / "effects.parquet")
     assert (effects["held_out_site"] == site).all()
     per_site = json.loads(effects.loc[effects["edit"] == "no_edit", "per_site_bacc_shifted"].iloc[0])
     assert set(per_site) == {site}  # the shifted test is that site alone

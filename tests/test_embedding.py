@@ -75,7 +75,7 @@ def test_rerun_skips_and_corrupt_file_is_recomputed(tiny_run, monkeypatch):
     mtime = kept.stat().st_mtime_ns
 
     with monkeypatch.context() as patch:  # a finished run never even builds the model
-        patch.setattr(stage, "build_encoder", lambda *a, **k: pytest.fail("model was built"))
+        patch.setattr(stage, "build_encoder", lambda *_a, **_k: pytest.fail("model was built"))
         again = run_stage(tiny_run, cfg, "stop")
     assert again["embedded"] == 0 and again["skipped_done"] == 2
 

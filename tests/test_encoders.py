@@ -82,7 +82,7 @@ def test_small_variant_loads_through_real_path(name, tmp_path):
     assert encoder.weights_sha256 == sha256_file(path)
 
 
-def test_cls_mean_skips_register_tokens(tmp_path):
+def test_cls_mean_skips_register_tokens():
     encoder = build_encoder("virchow2", random_weights=True, **SMALL)
     assert encoder.num_prefix_tokens == 5  # CLS + 4 registers
     with torch.inference_mode():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
+from planted_bags import planted_bags
 
-from pathosae.downstream import Bags
 from pathosae.saeception.config import SAECeptionConfig
 from pathosae.saeception.confounding import confounder_eraser, flag_confounded_units
 from pathosae.saeception.cycle import Splits, build_target, run_saeception
@@ -55,25 +55,8 @@ def test_site_balanced_top_n_differs_for_a_site_skewed_class() -> None:
     assert balanced[1].nonzero().flatten().tolist() == [1]  # the biology unit wins with it
 
 
-def _planted(n_slides: int, seed: int, split: str, corr: float, tiles: int = 8, dim: int = 8) -> Bags:
-    """x = biology direction·label + site direction·site + noise, per tile."""
-    g = np.random.default_rng(seed)
-    bio, site_dir = np.eye(dim)[0] * 1.0, np.eye(dim)[1] * 2.0
-    y = g.integers(0, 2, n_slides)
-    site = np.where(g.random(n_slides) < corr, y, 1 - y)
-    x = (bio * y[:, None] + site_dir * site[:, None])[:, None, :] + g.normal(size=(n_slides, tiles, dim))
-    return Bags(
-        x=torch.tensor(x.reshape(-1, dim), dtype=torch.float32),
-        slide=torch.arange(n_slides).repeat_interleave(tiles),
-        y=torch.tensor(y), site=np.array(["A", "B"])[site],
-        slide_ids=np.array([f"{split}{i}" for i in range(n_slides)]),
-        patient=np.array([f"{split}{i}" for i in range(n_slides)]),
-        split=np.array([split] * n_slides), classes=("0", "1"),
-    )
-
-
 def test_flags_and_eraser_find_the_planted_site() -> None:
-    bags = _planted(120, 0, "train", 0.8)
+    bags = planted_bags(120, 0, "train", 0.8)
     codes = torch.relu(torch.cat([bags.x, -bags.x], 1))  # a trivially sparse "code"
     meta = pd.DataFrame({"label": bags.y.numpy().astype(str), "site": bags.site})
     flagged = flag_confounded_units(codes, bags.slide, meta, ["site"], "label", 0.05)
@@ -90,7 +73,7 @@ def test_flags_and_eraser_find_the_planted_site() -> None:
 
 
 def test_dominant_rule_keeps_a_unit_that_carries_more_label_than_site() -> None:
-    bags = _planted(200, 4, "train", 0.8)
+    bags = planted_bags(200, 4, "train", 0.8)
     y = bags.tile_y().float()
     site = torch.from_numpy((bags.tile_site() == "B").astype("float32"))
     noise = torch.randn(len(y), 2, generator=torch.Generator().manual_seed(0)) * 0.3
@@ -112,8 +95,8 @@ def test_monosemanticity_bounds() -> None:
 
 
 def test_end_to_end_on_planted_confounding() -> None:
-    splits = Splits(_planted(60, 1, "train", 0.9), _planted(30, 2, "val", 0.9),
-                    _planted(30, 3, "test", 0.1))
+    splits = Splits(planted_bags(60, 1, "train", 0.9), planted_bags(30, 2, "val", 0.9),
+                    planted_bags(30, 3, "test", 0.1))
     cfg = SAECeptionConfig(
         cycles=1, seeds=[0], n_top=4, cycle_epochs=3, sae_samples=2048, sae_expansion=2, sae_k=4,
         eval_max_tiles=200, leakage_folds=3, min_cell_tiles=4,

@@ -230,7 +230,7 @@ def test_stage_adapter_runs_a_per_slide_stage_in_shards(tmp_path, monkeypatch):
     # kind slurm with submitit's local cluster in place of sbatch.
     original = executor_module._make_executor
     monkeypatch.setattr(executor_module, "_make_executor",
-                        lambda c, r, n, cluster: original(c, r, n, "local"))
+                        lambda c, r, n, _cluster: original(c, r, n, "local"))
     sharded = run_stage_on_executor(toy_stage, "tile", run, cfg, "stop", per_slide=True)
     single = run_stage_on_executor(toy_stage, "sae", run, cfg, "stop", per_slide=False)
     assert (sharded["slides"], sharded["shards"]) == (len(SLIDES), 3)

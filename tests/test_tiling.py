@@ -203,7 +203,7 @@ def test_two_workers_give_the_same_tiles(bad_slides, tmp_path):
     assert np.array_equal(coords_one, coords_two)
 
 
-def test_manifest_mpp_overrides_and_missing_mpp_is_explained(bad_slides, tmp_path):
+def test_manifest_mpp_overrides_and_missing_mpp_is_explained(tmp_path):
     # A TIFF without resolution tags: no mpp anywhere, unless the manifest gives one.
     path = tmp_path / "nores.tiff"
     tifffile.imwrite(

@@ -7,6 +7,7 @@ import streamlit as st
 
 from pages_.common import missing
 from pathosae.app import RunView
+from pathosae.schema import PATIENT_ID, SLIDE_ID
 
 QC_COLUMNS = 6
 QC_MAX = 24
@@ -18,7 +19,7 @@ def render(view: RunView) -> None:
         return
     cohort = view.cohort
     label = view.label_column
-    counts = {"slides": len(cohort), "patients": cohort["patient_id"].nunique()}
+    counts = {"slides": len(cohort), "patients": cohort[PATIENT_ID].nunique()}
     for column, value in counts.items():
         st.sidebar.metric(column, value)
     st.subheader(f"{len(cohort)} slides, {cohort['patient_id'].nunique()} patients")
@@ -53,7 +54,7 @@ def qc_gallery(view: RunView) -> None:
     st.subheader("Tissue detection and tiles (QC)")
     if missing(view, "tile"):
         return
-    ids = list(view.cohort["slide_id"])
+    ids = list(view.cohort[SLIDE_ID])
     shown = ids[:QC_MAX]
     if len(ids) > QC_MAX:
         shown = st.multiselect("Slides", ids, default=ids[:QC_MAX], key="qc_slides")

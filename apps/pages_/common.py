@@ -9,6 +9,7 @@ import streamlit as st
 
 from pathosae.app import RunView
 from pathosae.app.images import SlideImages
+from pathosae.schema import SLIDE_ID
 
 GRID_COLUMNS = 6
 
@@ -80,5 +81,5 @@ def tile_grid(
     cols = st.columns(columns)
     for i, (row, caption) in enumerate(zip(rows, captions, strict=True)):
         tile = index.iloc[int(row)]
-        image = images.tile(str(tile["slide_id"]), int(tile["x"]), int(tile["y"]))
+        image = images.tile(str(tile[SLIDE_ID]), int(tile["x"]), int(tile["y"]))
         cols[i % columns].image(image, caption=caption, width="stretch")

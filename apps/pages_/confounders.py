@@ -10,6 +10,7 @@ import streamlit as st
 from pages_.common import missing
 from pathosae.app import RunView
 from pathosae.app.units import best_associations
+from pathosae.schema import ASSOCIATIONS, DIRECTIONS_JSON, LEAKAGE, PATHOROB, SUMMARY
 
 TOP_UNITS = 40
 
@@ -18,7 +19,7 @@ def render(view: RunView) -> None:
     st.header("Confounders")
     if missing(view, "confounders"):
         return
-    summary = view.json("confounders", "summary.json") or {}
+    summary = view.json("confounders", SUMMARY) or {}
     flagged = summary.get("flagged_units", {})
     if flagged:
         cols = st.columns(len(flagged))
@@ -31,7 +32,7 @@ def render(view: RunView) -> None:
 
 def heatmap(view: RunView) -> None:
     st.subheader("Units × metadata (−log10 q, slide level)")
-    best = best_associations(view.table("confounders", "associations.parquet"))
+    best = best_associations(view.table("confounders", ASSOCIATIONS))
     if best.empty:
         st.info("The association table is empty.")
         return
@@ -48,7 +49,7 @@ def heatmap(view: RunView) -> None:
 
 def leakage(view: RunView) -> None:
     st.subheader("Leakage: how well a probe recovers each column")
-    table = view.table("confounders", "leakage.parquet")
+    table = view.table("confounders", LEAKAGE)
     if table is None or table.empty:
         st.info("No leakage table.")
         return
@@ -64,7 +65,7 @@ def leakage(view: RunView) -> None:
     figure = view.file("confounders", "leakage.png")
     if figure is not None:
         st.image(str(figure), caption="leakage.png")
-    pathorob = view.table("confounders", "pathorob.parquet")
+    pathorob = view.table("confounders", PATHOROB)
     if pathorob is not None and not pathorob.empty:
         st.subheader("PathoROB")
         keep = [c for c in ("representation", "label", "confounder", "robustness_index",
@@ -74,7 +75,7 @@ def leakage(view: RunView) -> None:
 
 def directions(view: RunView) -> None:
     st.subheader("Confounder directions")
-    info = view.json("confounders", "directions.json")
+    info = view.json("confounders", DIRECTIONS_JSON)
     if not info:
         st.info("No directions file.")
         return

@@ -9,6 +9,7 @@ from pages_.common import get_activations, get_edit_lab, missing, pick_sae, tile
 from pathosae.app import RunView
 from pathosae.app.edits import (
     OPERATIONS,
+    EditForm,
     adapter_models,
     adapter_width,
     build_spec,
@@ -16,6 +17,7 @@ from pathosae.app.edits import (
     evaluate_adapter,
     save_spec,
 )
+from pathosae.schema import EFFECTS
 
 EFFECT_COLUMNS = ("edit", "mode", "auroc_normal", "bacc_normal", "bacc_shifted",
                   "worst_site_bacc_shifted", "per_site_bacc_shifted", "site_leakage", "flip_rate",
@@ -64,7 +66,7 @@ def unit_ids(text: str, width: int, what: str) -> list[int] | None:
 
 def stage_effects(view: RunView) -> None:
     with st.expander("Effect table of the edit stage", expanded=False):
-        effects = view.table("edits", "effects.parquet")
+        effects = view.table("edits", EFFECTS)
         if effects is None:
             missing(view, "edit")
         else:
@@ -98,7 +100,7 @@ def edit_form(view: RunView, d_sae: int, d_in: int, directions: dict):  # noqa: 
                 key="edit_retrain")
     if not st.toggle("Evaluate", key="edit_go"):
         return None
-    return build_spec(name, operation, units, factor, value, direction, d_sae, directions)
+    return build_spec(EditForm(name, operation, units, factor, value, direction), d_sae, directions)
 
 
 def adapter_section(view: RunView) -> None:
@@ -125,7 +127,7 @@ def adapter_section(view: RunView) -> None:
         name = st.text_input("Name", value="my_adapter_edit", key="adapter_name")
         if not st.toggle("Evaluate the adapter edit", key="adapter_go") or not units:
             return
-        spec = build_spec(name, operation, units, factor, value, model=model)
+        spec = build_spec(EditForm(name, operation, units, factor, value, model=model))
         effects = evaluate_adapter(view, spec)
         keep = [c for c in EFFECT_COLUMNS if c in effects]
         st.dataframe(effects[keep], hide_index=True, key="adapter_effects")

@@ -6,6 +6,7 @@ import streamlit as st
 
 from pages_.common import missing
 from pathosae.app import RunView
+from pathosae.schema import SETTINGS_HASH
 
 HEADLINE = ("bacc_shifted", "worst_site_bacc_shifted", "site_leakage", "bacc_normal",
             "monosemanticity", "silhouette")
@@ -19,7 +20,7 @@ def render(view: RunView) -> None:
     if missing(view, "saeception"):
         return
     metrics = view.table("saeception", "metrics.parquet")
-    metrics = metrics.drop(columns=[c for c in ("settings_hash",) if c in metrics])
+    metrics = metrics.drop(columns=[c for c in (SETTINGS_HASH,) if c in metrics])
     variants = list(dict.fromkeys(metrics["variant"]))
     st.markdown("  \n".join(f"**{v}**: {CONTROLS.get(v, '')}" for v in variants))
     available = [m for m in HEADLINE if m in metrics and metrics[m].notna().any()]

@@ -16,6 +16,7 @@ from pathosae.app.units import (
     unit_associations,
     unit_table,
 )
+from pathosae.schema import ASSOCIATIONS, SLIDE_ID
 
 TOP_TILES = 12
 LIST_ROWS = 200
@@ -27,7 +28,7 @@ def render(view: RunView) -> None:
         return
     sae = pick_sae(view)
     acts = get_activations(str(view.root), sae)
-    associations = view.table("confounders", "associations.parquet")
+    associations = view.table("confounders", ASSOCIATIONS)
     if associations is None:
         missing(view, "confounders")
     table = unit_table(acts.units, associations, view.tags.for_sae(sae))
@@ -107,10 +108,10 @@ def slide_heatmap(view: RunView, sae: str, acts, unit: int, index: pd.DataFrame)
     rows, _ = acts.unit(unit)
     fired = pd.Series(np.searchsorted(slides["start"].to_numpy(), rows, side="right") - 1)
     ranked = fired.value_counts().index.tolist()
-    options = [slides.iloc[i]["slide_id"] for i in ranked] + \
-        [s for i, s in enumerate(slides["slide_id"]) if i not in set(ranked)]
+    options = [slides.iloc[i][SLIDE_ID] for i in ranked] + \
+        [s for i, s in enumerate(slides[SLIDE_ID]) if i not in set(ranked)]
     slide_id = st.selectbox("Slide (most firing tiles first)", options, key="heat_slide")
-    part = slides[slides["slide_id"] == slide_id].iloc[0]
+    part = slides[slides[SLIDE_ID] == slide_id].iloc[0]
     in_rows, in_values = acts.in_range(unit, int(part["start"]), int(part["stop"]))
     coords = index.iloc[in_rows][["x", "y"]].to_numpy()
     image = get_images(str(view.root)).heatmap(slide_id, coords, in_values,

@@ -53,7 +53,7 @@ def build_unit_cache(
 ) -> UnitActivations:
     """Encode ``matrix`` (tiles × dims, memmap is fine) in chunks and write the unit-major cache."""
     if hasattr(sae, "eval"):
-        sae.eval()  # type: ignore[attr-defined]
+        sae.eval()
     n_rows, d_sae = int(matrix.shape[0]), int(sae.d_sae)
     cols_parts, rows_parts, value_parts = [], [], []
     for start in range(0, n_rows, chunk):

@@ -20,8 +20,19 @@ from pathosae.app.activations import UnitActivations, build_unit_cache, cache_is
 from pathosae.app.status import StageStatus, all_statuses, stage_status
 from pathosae.app.tags import TagStore
 from pathosae.errors import PathosaeError, StageError
+from pathosae.fingerprint import file_stats
 from pathosae.io import read_json, settings_hash
 from pathosae.run import RunDir
+from pathosae.schema import (
+    DIRECTIONS,
+    DIRECTIONS_JSON,
+    EDITS_DIR,
+    PATIENT_ID,
+    SAE_CONFIG,
+    SAE_WEIGHTS,
+    SLIDE_ID,
+    SUMMARY,
+)
 
 CACHE_DIR = "app_cache"
 
@@ -69,11 +80,11 @@ class RunView:
     # ---- cohort and paths --------------------------------------------------------------------
     @cached_property
     def cohort(self) -> pd.DataFrame:
-        from pathosae.cohort import load_cohort
+        from pathosae.cohort.table import load_cohort
 
         self.require("cohort")
         cohort = load_cohort(self.run)
-        cohort["slide_id"] = cohort["slide_id"].astype(str)
+        cohort[SLIDE_ID] = cohort[SLIDE_ID].astype(str)
         return cohort
 
     @cached_property
@@ -84,17 +95,17 @@ class RunView:
         return self._guard.with_slides(self.cohort["path"].astype(str))
 
     def metadata_columns(self) -> list[str]:
-        skip = {"slide_id", "path", "patient_id", "mpp", "manifest_row"}
+        skip = {SLIDE_ID, "path", PATIENT_ID, "mpp", "manifest_row"}
         return [c for c in self.cohort.columns if c not in skip]
 
     def check_slide(self, slide_id: str) -> str:
         slide_id = str(slide_id)
-        if slide_id not in set(self.cohort["slide_id"]):
+        if slide_id not in set(self.cohort[SLIDE_ID]):
             raise PathosaeError(f"slide {slide_id!r} is not in this run's cohort.")
         return slide_id
 
     def slide_path(self, slide_id: str) -> Path:
-        row = self.cohort.loc[self.cohort["slide_id"] == self.check_slide(slide_id), "path"]
+        row = self.cohort.loc[self.cohort[SLIDE_ID] == self.check_slide(slide_id), "path"]
         return self.guard.slide_file(str(row.iloc[0]))
 
     def qc_image(self, slide_id: str) -> Path | None:
@@ -112,15 +123,15 @@ class RunView:
         if not folder.is_dir():
             return []
         return sorted(p.parent.name for p in folder.glob("*/cfg.json")
-                      if (p.parent / "sae.safetensors").is_file())
+                      if (p.parent / SAE_WEIGHTS).is_file())
 
     def default_sae(self) -> str:
         names = self.sae_names()
         if not names:
             raise StageError(self.status("sae").message())
-        summary = self.file("confounders", "summary.json")
+        summary = self.file("confounders", SUMMARY)
         used = read_json(summary).get("sae") if summary else None
-        directions = self.file("confounders", "directions.json")
+        directions = self.file("confounders", DIRECTIONS_JSON)
         used = used or (read_json(directions).get("sae") if directions else None)
         return used if used in names else names[0]
 
@@ -131,7 +142,7 @@ class RunView:
         return self.guard.run_file("sae", name)
 
     def sae_config(self, name: str) -> dict[str, Any]:
-        return read_json(self.sae_dir(name) / "cfg.json")
+        return read_json(self.sae_dir(name) / SAE_CONFIG)
 
     def sae_metrics(self, name: str) -> dict[str, Any]:
         path = self.sae_dir(name) / "metrics.json"
@@ -150,8 +161,8 @@ class RunView:
         """Sizes and modification times of what the unit cache is computed from."""
         folder = self.guard.run_file("features", self.features_name(sae_name))
         files = sorted(p for p in folder.glob("*.h5") if not p.name.startswith("."))
-        inputs = [self.sae_dir(sae_name) / "sae.safetensors", self.run.cohort_path, *files]
-        return settings_hash([[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in inputs])
+        inputs = [self.sae_dir(sae_name) / SAE_WEIGHTS, self.run.cohort_path, *files]
+        return settings_hash([list(stat) for stat in file_stats(inputs)])
 
     def cache_dir(self, sae_name: str) -> Path:
         return self.guard.run_file(CACHE_DIR, sae_name)
@@ -178,8 +189,8 @@ class RunView:
 
         self.require("embed")
         store = FeatureStore(self.run, self.features_name(sae_name))
-        index = store.index()[["slide_id", "tile", "x", "y"]]
-        index["slide_id"] = index["slide_id"].astype("category")
+        index = store.index()[[SLIDE_ID, "tile", "x", "y"]]
+        index[SLIDE_ID] = index[SLIDE_ID].astype("category")
         write_parquet_atomic(folder / "index.parquet", index)
         return build_unit_cache(store.matrix(), self.load_sae(sae_name), folder, fingerprint)
 
@@ -195,10 +206,10 @@ class RunView:
     def slide_rows(self, sae_name: str) -> pd.DataFrame:
         """Per slide: first row and row count in the feature matrix."""
         index = self.tile_index(sae_name)
-        codes = index["slide_id"].astype(str).to_numpy()
+        codes = index[SLIDE_ID].astype(str).to_numpy()
         starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
         stops = np.r_[starts[1:], len(codes)]
-        return pd.DataFrame({"slide_id": codes[starts], "start": starts, "stop": stops})
+        return pd.DataFrame({SLIDE_ID: codes[starts], "start": starts, "stop": stops})
 
     # ---- later stages ------------------------------------------------------------------------
     def table(self, *parts: str) -> pd.DataFrame | None:
@@ -212,12 +223,12 @@ class RunView:
     def directions(self) -> dict[str, np.ndarray]:
         from pathosae.confounders.directions import load_directions
 
-        path = self.file("confounders", "directions.safetensors")
+        path = self.file("confounders", DIRECTIONS)
         return load_directions(path) if path is not None else {}
 
     def edit_specs(self) -> list[str]:
-        folder = self.root / "edits"
-        return sorted(p.stem for p in folder.glob("*.json") if p.name != "summary.json") \
+        folder = self.root / EDITS_DIR
+        return sorted(p.stem for p in folder.glob("*.json") if p.name != SUMMARY) \
             if folder.is_dir() else []
 
     @cached_property

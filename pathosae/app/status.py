@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from pathosae.schema import COHORT_TABLE
+
 
 @dataclass(frozen=True)
 class StageOutput:
@@ -17,7 +19,7 @@ class StageOutput:
 
 
 STAGE_OUTPUTS: tuple[StageOutput, ...] = (
-    StageOutput("cohort", "cohort.parquet", "pathosae run --manifest MANIFEST.csv --out {run} "
+    StageOutput("cohort", COHORT_TABLE, "pathosae run --manifest MANIFEST.csv --out {run} "
                 "--stages cohort", "the validated cohort table"),
     StageOutput("tile", "tiles", "pathosae run --out {run} --stages tile", "tile coordinates"),
     StageOutput("embed", "features", "pathosae run --out {run} --stages embed", "tile features"),

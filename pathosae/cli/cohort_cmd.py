@@ -18,16 +18,12 @@ def cohort_command(
     on_error: OnErrorOption = "stop",
 ) -> None:
     """Validate a manifest (every bad row listed at once) and write RUN/cohort.parquet."""
-    from pathosae.cohort import build_cohort
-    from pathosae.config import load_config
-    from pathosae.io import sha256_file
-    from pathosae.run import RunDir
+    from pathosae.workflow import prepare_run, run_pipeline
 
-    cfg = load_config(config)
-    run = RunDir(out)
-    run.init(cfg.model_dump(mode="json"), str(manifest.resolve()), sha256_file(manifest)
-             if manifest.is_file() else None)
-    summary = build_cohort(run, manifest, cfg, check_on_error(on_error))  # type: ignore[arg-type]
+    checked = check_on_error(on_error)
+    # The same path as `pathosae run --stages cohort`: run.json written under the run lock.
+    run, cfg = prepare_run(manifest, out, config)
+    summary = run_pipeline(run, cfg, ["cohort"], on_error=checked, echo=typer.echo)["cohort"]
     typer.echo(f"cohort: {summary['n_slides']} slides, {summary['n_patients']} patients, "
                f"splits {summary['splits']} -> {run.cohort_path}")
     if summary["skipped"]:

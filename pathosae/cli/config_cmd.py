@@ -10,6 +10,6 @@ from pathosae.cli._app import ConfigOption, app
 @app.command("config")
 def config_command(config: ConfigOption = None) -> None:
     """Print the resolved config (built-in defaults, or --config validated) as commented YAML."""
-    from pathosae.config import config_yaml, load_config
+    from pathosae.config import config_yaml, resolve_config
 
-    typer.echo(config_yaml(load_config(config)), nl=False)
+    typer.echo(config_yaml(resolve_config(config)), nl=False)

@@ -10,10 +10,10 @@ from pathosae.cli._app import ConfigOption, app
 @app.command("doctor")
 def doctor_command(config: ConfigOption = None) -> None:
     """Check OpenSlide, the torch device, the encoder weights and Slurm; say what to fix."""
-    from pathosae.config import load_config
+    from pathosae.config import resolve_config
     from pathosae.doctor import run_checks
 
-    checks = run_checks(load_config(config))
+    checks = run_checks(resolve_config(config))
     for check in checks:
         mark = "ok " if check.ok else ("FAIL" if check.required else "warn")
         typer.echo(f"[{mark}] {check.name}: {check.detail}")

@@ -21,7 +21,8 @@ def edit_command(
         str | None,
         typer.Option("--model", help="Apply the --spec edits to the adapter layer of this "
                      "SAE-ception model (a folder under RUN/saeception/, e.g. "
-                     "cycle_3/injected_seed0) through its cycle SAE."),
+                     "cycle_3/injected_seed0) through its cycle SAE; this runs the sharpen stage, "
+                     "which measures adapter-layer edits."),
     ] = None,
     config: ConfigOption = None,
     on_error: OnErrorOption = "stop",
@@ -29,11 +30,17 @@ def edit_command(
     """Effect table of SAE edits, LEACE, ComBat and random-unit edits on normal and shifted test."""
     from pathosae.workflow import run_one_stage
 
-    if model is not None and not spec:
-        raise typer.BadParameter("--model needs at least one --spec to apply", param_hint="--model")
-    summary = run_one_stage(run, config, "edit", check_on_error(on_error),  # type: ignore[arg-type]
-                            extra_specs=spec, model=model)
+    checked = check_on_error(on_error)
+    if model is not None:
+        if not spec:
+            raise typer.BadParameter("--model needs at least one --spec to apply",
+                                     param_hint="--model")
+        # Adapter-layer edits are measured by the sharpen stage (same single-stage path).
+        run_one_stage(run, config, "sharpen", checked, echo=typer.echo,
+                      extra_specs=list(spec), model=model)
+        typer.echo("adapter-layer effects: "
+                   f"{run / 'saeception' / 'adapter_spec_effects.parquet'}")
+        return
+    summary = run_one_stage(run, config, "edit", checked, echo=typer.echo,
+                            extra_specs=list(spec) if spec else None)
     typer.echo(f"effects: {run / 'edits' / 'effects.parquet'} ({summary['n_rows']} rows)")
-    if "adapter_rows" in summary:
-        typer.echo(f"adapter-layer effects: {run / 'edits' / 'adapter_effects.parquet'} "
-                   f"({summary['adapter_rows']} rows)")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 
@@ -24,19 +24,16 @@ def embed_command(
     on_error: OnErrorOption = "stop",
 ) -> None:
     """Embed every tiled slide with the configured encoder; finished slides are skipped."""
-    from pathosae.pipeline import run_stages, select_stages
-    from pathosae.run import RunDir
+    from pathosae.workflow import run_one_stage
 
-    check_on_error(on_error)
-    run_dir = RunDir(run)
-    overrides: dict[str, Any] = {
+    checked = check_on_error(on_error)
+    embedding: dict[str, Any] = {
         k: v for k, v in
         {"device": device, "batch_size": batch_size, "num_workers": num_workers}.items()
         if v is not None
     }
-    cfg = _run_config(run_dir, config, overrides)
-    with run_dir.lock():
-        run_stages(run_dir, cfg, select_stages(["embed"]), on_error, echo=typer.echo)  # type: ignore[arg-type]
+    run_one_stage(run, config, "embed", checked,
+                  overrides={"embedding": embedding} if embedding else None, echo=typer.echo)
 
 
 @app.command("import-features")
@@ -50,12 +47,12 @@ def import_features_command(
     ] = None,
 ) -> None:
     """Adopt h5 feature files that TRIDENT or CLAM already computed (no re-embedding)."""
-    from pathosae.features import import_features
+    from pathosae.features import FeatureFormat, import_features
     from pathosae.run import RunDir
 
     if fmt not in ("trident", "clam"):
         raise typer.BadParameter(f"--format must be 'trident' or 'clam', got {fmt!r}")
-    summary = import_features(fmt, folder, RunDir(run), encoder)  # type: ignore[arg-type]
+    summary = import_features(cast("FeatureFormat", fmt), folder, RunDir(run), encoder)
     typer.echo(
         f"imported {summary['imported']} slides ({summary['dim']}-d) into "
         f"features/{summary['features']}"
@@ -64,14 +61,3 @@ def import_features_command(
         if summary[key]:
             typer.echo(f"  {key.replace('_', ' ')}: {', '.join(summary[key])}")
 
-
-def _run_config(run_dir: Any, config: Path | None, embedding: dict[str, Any]) -> Any:
-    """--config if given, else the config recorded in run.json, with command-line overrides."""
-    from pathosae.config import PathosaeConfig, load_config
-
-    state = run_dir.read_state()
-    if config is not None or "config" not in state:
-        return load_config(config, {"embedding": embedding} if embedding else None)
-    data = dict(state["config"])
-    data["embedding"] = {**data.get("embedding", {}), **embedding}
-    return PathosaeConfig.model_validate(data)

@@ -8,10 +8,11 @@ from typing import Annotated
 import typer
 
 from pathosae.cli._app import app
+from pathosae.schema import SPLIT
 
 
 @app.command("synth")
-def synth_command(
+def synth_command(  # noqa: PLR0913 (each option is an argument)
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the cohort into.")],
     slides: Annotated[int, typer.Option("--slides", "-n", help="Number of slides.")] = 24,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same bytes).")] = 0,
@@ -46,12 +47,12 @@ def synth_command(
     from pathosae.synth import SynthParams, generate_cohort
 
     try:
-        params = SynthParams(
-            confounding=confounding, site_stain_strength=site_strength,
-            scanner_strength=scanner_strength, n_sites=sites, n_scanners=scanners,
-            test_fraction=test_fraction, test_shift=test_shift,  # type: ignore[arg-type]
-            slide_px_min=min_px, slide_px_max=max_px,
-        )
+        params = SynthParams.model_validate({
+            "confounding": confounding, "site_stain_strength": site_strength,
+            "scanner_strength": scanner_strength, "n_sites": sites, "n_scanners": scanners,
+            "test_fraction": test_fraction, "test_shift": test_shift,
+            "slide_px_min": min_px, "slide_px_max": max_px,
+        })
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}"
                              for e in exc.errors())
@@ -67,5 +68,5 @@ def _report(manifest: Path) -> None:
     typer.echo(f"wrote {len(cohort)} slides to {manifest.parent / 'slides'}")
     typer.echo(f"manifest: {manifest}")
     typer.echo(f"ground truth: {manifest.parent / 'ground_truth'} (see README.md there)")
-    table = pd.crosstab([cohort["split"], cohort["label"]], cohort["site"])
+    table = pd.crosstab([cohort[SPLIT], cohort["label"]], cohort["site"])
     typer.echo("slides per split, label and site:\n" + table.to_string())

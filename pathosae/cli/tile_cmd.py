@@ -30,13 +30,10 @@ def tile_command(
     """
     from pathosae.workflow import prepare_run, run_pipeline
 
-    check_on_error(on_error)
-    run, cfg = prepare_run(manifest, out, config)
-    if workers is not None:
-        cfg.tiling.num_workers = workers
-    summaries = run_pipeline(
-        run, cfg, ["cohort", "tile"], on_error=on_error, echo=typer.echo  # type: ignore[arg-type]
-    )
+    checked = check_on_error(on_error)
+    overrides = {"tiling": {"num_workers": workers}} if workers is not None else None
+    run, cfg = prepare_run(manifest, out, config, overrides=overrides)
+    summaries = run_pipeline(run, cfg, ["cohort", "tile"], on_error=checked, echo=typer.echo)
     tile = summaries["tile"]
     typer.echo(
         f"tiled {tile['n_slides']} slide(s), {tile['n_tiles']} tiles "

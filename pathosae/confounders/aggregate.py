@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from pathosae.errors import PathosaeError
+from pathosae.schema import PATIENT_ID, SLIDE_ID
 
 Aggregation = Literal["mean", "frac_active", "quantile"]
 AGGREGATIONS: tuple[Aggregation, ...] = ("mean", "frac_active", "quantile")
@@ -78,9 +79,9 @@ def aggregate_by_group(
 
 def patients_with_several_slides(slides: pd.DataFrame) -> bool:
     """True when some patient has more than one slide (then a patient-level scan is added)."""
-    if "patient_id" not in slides.columns:
+    if PATIENT_ID not in slides.columns:
         return False
-    return bool(slides.groupby("patient_id")["slide_id"].nunique().gt(1).any())
+    return bool(slides.groupby(PATIENT_ID)[SLIDE_ID].nunique().gt(1).any())
 
 
 def patient_metadata(slides: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
@@ -89,8 +90,8 @@ def patient_metadata(slides: pd.DataFrame, columns: Sequence[str]) -> pd.DataFra
     A patient-level test of, say, the scanner only makes sense for patients whose slides share it.
     """
     rows = []
-    for patient, group in slides.groupby("patient_id", sort=False):
-        row: dict[str, object] = {"patient_id": patient, "n_slides": len(group)}
+    for patient, group in slides.groupby(PATIENT_ID, sort=False):
+        row: dict[str, object] = {PATIENT_ID: patient, "n_slides": len(group)}
         for col in columns:
             values = group[col].dropna().unique()
             row[col] = values[0] if len(values) == 1 else np.nan

@@ -17,6 +17,7 @@ import statsmodels.formula.api as smf
 from statsmodels.regression.mixed_linear_model import MixedLM, MixedLMResults
 
 from pathosae.confounders.scan import Kind, build_design, covariate_matrix, unit_statistics
+from pathosae.schema import PATIENT_ID, SLIDE_ID
 
 
 def _term(name: str, kind: Kind) -> str:
@@ -36,18 +37,18 @@ def mixed_model_p(
     Returns {"mm_p", "mm_converged"}; mm_p is NaN when the model cannot be fitted.
     """
     covariates = {c: k for c, k in (covariates or {}).items() if c != variable}
-    needed = [value, variable, "slide_id", *covariates]
+    needed = [value, variable, SLIDE_ID, *covariates]
     data = tiles.dropna(subset=needed).copy()
     rhs = " + ".join([_term(variable, kind), *(_term(c, k) for c, k in covariates.items())])
-    nested = "patient_id" in data and data.groupby("patient_id")["slide_id"].nunique().gt(1).any()
+    nested = PATIENT_ID in data and data.groupby(PATIENT_ID)[SLIDE_ID].nunique().gt(1).any()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # convergence chatter; reported via mm_converged
             if nested:
-                model = smf.mixedlm(f"Q('{value}') ~ {rhs}", data, groups=data["patient_id"],
+                model = smf.mixedlm(f"Q('{value}') ~ {rhs}", data, groups=data[PATIENT_ID],
                                     vc_formula={"slide": "0 + C(slide_id)"})
             else:
-                model = smf.mixedlm(f"Q('{value}') ~ {rhs}", data, groups=data["slide_id"])
+                model = smf.mixedlm(f"Q('{value}') ~ {rhs}", data, groups=data[SLIDE_ID])
             result = _fit(model)
         names = [n for n in result.fe_params.index if n.startswith(_term(variable, kind))]
         if not names:

@@ -19,7 +19,8 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from pathosae.confounders.scan import Kind, add_qvalues, association_scan
+from pathosae.confounders.scan import Correlation, Kind, add_qvalues, association_scan
+from pathosae.progress import bar
 
 NULL_REPEATS = 20
 
@@ -43,7 +44,9 @@ def scan_counts(associations: pd.DataFrame, alpha: float, level: str = "slide") 
     return pd.DataFrame(rows)
 
 
-def permuted_null_repeats(
+# Public control: the scan's inputs and settings (mirroring the confounders config) pass through,
+# the options keyword-only.
+def permuted_null_repeats(  # noqa: PLR0913
     codes: Mapping[str, np.ndarray],
     slides: pd.DataFrame,
     variables: list[str],
@@ -51,19 +54,20 @@ def permuted_null_repeats(
     kinds: dict[str, Kind],
     alpha: float,
     seed: int,
+    *,
     repeats: int = NULL_REPEATS,
-    correlation: str = "pearson",
+    correlation: Correlation = "pearson",
     max_permutations: int = 0,
 ) -> pd.DataFrame:
     """One row per repeat: the slide-level scan of every aggregation on shuffled metadata."""
     rng = np.random.default_rng(seed)
     rows = []
-    for repeat in range(repeats):
+    for repeat in bar(range(repeats), "confounders: permuted-metadata null", unit="repeat"):
         order = rng.permutation(len(slides))
         shuffled = slides.iloc[order].reset_index(drop=True)
         frames = [
-            association_scan(matrix, shuffled, variables, covariates, kinds,  # type: ignore[arg-type]
-                             correlation, max_permutations=max_permutations, seed=seed + repeat)
+            association_scan(matrix, shuffled, variables, covariates, kinds, correlation,
+                             max_permutations=max_permutations, seed=seed + repeat)
             for matrix in codes.values()
         ]
         table = add_qvalues(pd.concat(frames, ignore_index=True))

@@ -4,6 +4,12 @@ A confounder spread thinly over many units, or left in the SAE's reconstruction 
 here even when no single unit passes the association scan. Folds are split by patient (a
 patient's slides never sit on both sides); leave-one-site-out is added where it applies. Each
 score comes with a chance level measured the same way on permuted labels.
+
+The table adds a patient-level bootstrap interval of each AUROC (``auroc_low`` / ``auroc_high``:
+the out-of-fold scores resampled by patient, probes not refitted) and the permutation null's
+spread: ``chance_auroc`` is the mean AUROC over ``n_null`` label permutations (each through the
+same folds) and ``chance_auroc_high`` its upper percentile (the 95th at level 0.95). A variable
+is told apart from chance when ``auroc_low > chance_auroc_high``.
 """
 
 from __future__ import annotations
@@ -19,14 +25,22 @@ from sklearn.model_selection import LeaveOneGroupOut, StratifiedGroupKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from pathosae.config import UncertaintyConfig
 from pathosae.errors import PathosaeError
+from pathosae.schema import PATIENT_ID
+from pathosae.uncertainty import Resamples, auroc_replicates, patient_resamples, percentile_interval
 
 Split = tuple[np.ndarray, np.ndarray]
 
 
 @dataclass(frozen=True)
 class ProbeScore:
-    """Out-of-fold scores of one probe and the same probe on permuted labels."""
+    """Out-of-fold scores of one probe and the same probe on permuted labels.
+
+    ``auroc_low`` / ``auroc_high``: patient-level bootstrap interval of the AUROC (NaN without
+    bootstrap settings); ``chance_auroc`` / ``chance_balanced_accuracy``: means over the label
+    permutations; ``chance_auroc_high``: the permutations' AUROC at the upper percentile.
+    """
 
     balanced_accuracy: float
     auroc: float
@@ -35,6 +49,9 @@ class ProbeScore:
     n: int
     n_classes: int
     n_folds: int
+    auroc_low: float = float("nan")
+    auroc_high: float = float("nan")
+    chance_auroc_high: float = float("nan")
 
     def as_dict(self) -> dict[str, float | int]:
         return dict(self.__dict__)
@@ -77,7 +94,8 @@ def leave_one_group_out(target: np.ndarray, sites: np.ndarray) -> list[Split]:
 
 def _out_of_fold(
     x: np.ndarray, target: np.ndarray, splits: list[Split], seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Scored targets, their out-of-fold probabilities, the classes and the scored-row mask."""
     classes = np.unique(target)
     proba = np.full((len(target), len(classes)), np.nan)
     for train, test in splits:
@@ -94,10 +112,25 @@ def _out_of_fold(
         proba[np.ix_(test, cols)] = probe.predict_proba(xk[test])
     scored = np.isfinite(proba).any(axis=1)
     proba = np.nan_to_num(proba[scored])
-    return target[scored], proba, classes
+    return target[scored], proba, classes, scored
+
+
+def _auroc_replicates(
+    res: Resamples, target: np.ndarray, proba: np.ndarray, classes: np.ndarray
+) -> np.ndarray:
+    """:func:`_scores`' AUROC on every bootstrap replicate of the scored rows."""
+    if len(np.unique(target)) < 2:
+        return np.full(res.n_boot, np.nan)
+    if len(classes) == 2:
+        return auroc_replicates(res, (target == classes[1]).astype(int), proba[:, 1])
+    present = np.isin(classes, np.unique(target))
+    p = proba[:, present] / np.clip(proba[:, present].sum(axis=1, keepdims=True), 1e-12, None)
+    return auroc_replicates(res, np.searchsorted(classes[present], target), p)
 
 
 def _scores(target: np.ndarray, proba: np.ndarray, classes: np.ndarray) -> tuple[float, float]:
+    if len(target) == 0:  # a permuted null whose every fold trained on one class
+        return float("nan"), float("nan")
     predicted = classes[np.argmax(proba, axis=1)]
     bacc = balanced_accuracy_score(target, predicted)
     if len(np.unique(target)) < 2:
@@ -119,11 +152,14 @@ def probe_leakage(
     seed: int = 0,
     splits: list[Split] | None = None,
     n_null: int = 1,
+    uncertainty: UncertaintyConfig | None = None,
 ) -> ProbeScore | None:
     """Cross-validated probe of a categorical ``target`` from ``x`` (samples × features).
 
     ``groups`` (patient ids) keep a patient in one fold; ``splits`` overrides the folds (e.g.
-    leave-one-site-out). The chance level is the same probe on ``n_null`` label permutations.
+    leave-one-site-out). The chance level is the same probe on ``n_null`` label permutations
+    (the same folds; seeded). ``uncertainty`` adds the AUROC's patient-level bootstrap interval
+    and sets the null's upper percentile (its ``level``; 0.95 without it).
     None when there are too few samples or classes to cross-validate.
     """
     x = np.asarray(x, dtype=np.float64)
@@ -140,17 +176,29 @@ def probe_leakage(
     splits = patient_folds(target, groups, n_folds, seed) if splits is None else splits
     if not splits:
         return None
-    bacc, auroc = _scores(*_out_of_fold(x, target, splits, seed))
+    scored_target, proba, classes, scored = _out_of_fold(x, target, splits, seed)
+    bacc, auroc = _scores(scored_target, proba, classes)
     rng = np.random.default_rng(seed)
-    null = [_scores(*_out_of_fold(x, rng.permutation(target), splits, seed)) for _ in range(n_null)]
+    null = [_scores(*_out_of_fold(x, rng.permutation(target), splits, seed)[:3])
+            for _ in range(n_null)]
+    null_auroc = np.array([a for _, a in null], dtype=np.float64)
+    level = 0.95 if uncertainty is None else uncertainty.level
+    low = high = float("nan")
+    if uncertainty is not None:
+        res = patient_resamples(groups[scored], uncertainty.n_bootstrap, uncertainty.seed)
+        low, high = percentile_interval(_auroc_replicates(res, scored_target, proba, classes), level)
+    finite_null = null_auroc[np.isfinite(null_auroc)]
     return ProbeScore(
         balanced_accuracy=bacc,
         auroc=auroc,
-        chance_balanced_accuracy=float(np.mean([b for b, _ in null])),
-        chance_auroc=_finite_mean([a for _, a in null]),
+        chance_balanced_accuracy=_finite_mean([b for b, _ in null]),
+        chance_auroc=_finite_mean(null_auroc.tolist()),
         n=len(target),
         n_classes=len(np.unique(target)),
         n_folds=len(splits),
+        auroc_low=low,
+        auroc_high=high,
+        chance_auroc_high=float(np.quantile(finite_null, level)) if finite_null.size else float("nan"),
     )
 
 
@@ -160,28 +208,34 @@ def _finite_mean(values: list[float]) -> float:
     return float(np.mean(finite)) if finite else float("nan")
 
 
-def leakage_table(
+def leakage_table(  # noqa: PLR0913 - the probes' inputs and the null's and bootstrap's knobs
     representations: dict[str, np.ndarray],
     metadata: pd.DataFrame,
     variables: list[str],
-    group_column: str = "patient_id",
+    group_column: str = PATIENT_ID,
     site_column: str | None = "site",
     n_folds: int = 5,
     seed: int = 0,
+    n_null: int = 20,
+    uncertainty: UncertaintyConfig | None = None,
 ) -> pd.DataFrame:
     """Probe every categorical variable from every representation, by patient folds and LOSO.
 
-    One row per representation × variable × scheme with balanced accuracy, AUROC and the
-    permuted-label chance levels.
+    One row per representation × variable × scheme with balanced accuracy, AUROC and its
+    patient-level bootstrap interval (``uncertainty``; None: the config's defaults), and the
+    chance levels over ``n_null`` label permutations (``chance_auroc_high``: their upper
+    percentile).
     """
+    uncertainty = uncertainty or UncertaintyConfig()
     rows = []
     for variable in variables:
         known = metadata[variable].notna().to_numpy()
         target = metadata[variable].astype(str).to_numpy()
         groups = metadata[group_column].astype(str).to_numpy()
-        for scheme, splits in _schemes(metadata, variable, known, site_column, n_folds, seed):
+        for scheme, splits in _schemes(metadata, variable, known, site_column):
             for name, x in representations.items():
-                score = probe_leakage(x[known], target[known], groups[known], n_folds, seed, splits)
+                score = probe_leakage(x[known], target[known], groups[known], n_folds, seed, splits,
+                                      n_null, uncertainty)
                 if score is not None:
                     rows.append({"representation": name, "variable": variable, "scheme": scheme,
                                  **score.as_dict()})
@@ -193,8 +247,6 @@ def _schemes(
     variable: str,
     known: np.ndarray,
     site_column: str | None,
-    n_folds: int,
-    seed: int,
 ) -> Iterator[tuple[str, list[Split] | None]]:
     yield "patient_folds", None
     if site_column and site_column in metadata.columns and variable != site_column:

@@ -1,8 +1,17 @@
 """PathoROB robustness metrics on embeddings: robustness index, clustering score, centre AUROC.
 
-- Robustness index: over each sample's k nearest neighbours (itself excluded), count SO (same
-  class, other confounder level) and OS (other class, same confounder level);
-  RI = ΣSO / (ΣSO + ΣOS). 1 means neighbours follow the biology, 0 that they follow the centre.
+- Robustness index: over each sample's k nearest neighbours, count SO (same class, other
+  confounder level) and OS (other class, same confounder level); RI = ΣSO / (ΣSO + ΣOS). 1 means
+  neighbours follow the biology, 0 that they follow the centre. The table's ``robustness_index``
+  is croma's RI (:func:`pathosae.confounders.robustness.croma_ri`, the field's reference
+  implementation) at the table's ``k``, with ``robustness_index_support`` (the fraction of
+  samples with an SO or OS neighbour within k). It differs from this module's own
+  :func:`robustness_index` (kept for reference) in two ways, so the two do not agree on the same
+  data and k (tests/test_croma.py): croma ranks neighbours by cosine distance of L2-normalised
+  vectors, not Euclidean distance of the raw ones, and it never counts a neighbour from the
+  sample's own independence group (here ``group_column``, the patient), where this module only
+  drops the sample itself, so tiles of the same slide crowd the neighbourhood. On L2-normalised
+  vectors with every sample its own group the two are equal.
 - Clustering score: ARI(label) − ARI(confounder) of one k-means clustering (k = number of label
   classes unless given): positive when the embedding's own grouping follows the biology.
 - Confounder AUROC: cross-validated logistic regression (patient folds), from ``leakage``.
@@ -17,7 +26,9 @@ from sklearn.metrics import adjusted_rand_score
 from sklearn.neighbors import NearestNeighbors
 
 from pathosae.confounders.leakage import probe_leakage
+from pathosae.confounders.robustness import croma_ri
 from pathosae.errors import PathosaeError
+from pathosae.schema import PATIENT_ID
 
 
 def _check(x: np.ndarray, *labels: np.ndarray) -> None:
@@ -29,7 +40,8 @@ def _check(x: np.ndarray, *labels: np.ndarray) -> None:
 def robustness_index(
     x: np.ndarray, label: np.ndarray, confounder: np.ndarray, k: int = 10
 ) -> float:
-    """RI = SO / (SO + OS) over the k nearest neighbours of every sample (Euclidean)."""
+    """RI = SO / (SO + OS) over the k nearest neighbours of every sample (Euclidean, only the
+    sample itself excluded): the project's own definition; the table reports croma's RI."""
     label, confounder = np.asarray(label).astype(str), np.asarray(confounder).astype(str)
     _check(x, label, confounder)
     k = min(k, x.shape[0] - 1)
@@ -83,9 +95,10 @@ def pathorob_table(
     k: int = 10,
     n_folds: int = 5,
     seed: int = 0,
-    group_column: str = "patient_id",
+    group_column: str = PATIENT_ID,
 ) -> pd.DataFrame:
-    """All three metrics per representation × confounder (rows with a known label and level)."""
+    """All three metrics per representation × confounder (rows with a known label and level);
+    the robustness index is croma's, neighbours of the same ``group_column`` value excluded."""
     rows = []
     for conf in confounders:
         known = (metadata[label].notna() & metadata[conf].notna()).to_numpy()
@@ -97,12 +110,14 @@ def pathorob_table(
         for name, x in representations.items():
             xs = np.asarray(x, dtype=np.float64)[known]
             auroc = probe_leakage(xs, cen, groups, n_folds, seed)
+            ri, ri_support = croma_ri(xs, lab, cen, groups, k)
             rows.append({
                 "representation": name,
                 "label": label,
                 "confounder": conf,
                 "k": k,
-                "robustness_index": robustness_index(xs, lab, cen, k),
+                "robustness_index": ri,
+                "robustness_index_support": ri_support,
                 **clustering_score(xs, lab, cen, seed=seed),
                 "confounder_auroc": auroc.auroc if auroc else float("nan"),
                 "n": int(known.sum()),

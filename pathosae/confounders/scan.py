@@ -32,6 +32,7 @@ from pathosae.confounders.calibrate import permutation_pvalues
 from pathosae.errors import PathosaeError
 
 Kind = Literal["categorical", "continuous"]
+Correlation = Literal["pearson", "spearman"]
 _TINY = 1e-12  # relative size below which a sum of squares counts as zero
 # Parametric p above this keeps its value when permutation p-values are asked for: BH never
 # reaches it (its largest threshold is alpha), and the F tail is only far off deep in the tail.
@@ -185,13 +186,16 @@ def _unit_chunks(n_units: int, chunk: int) -> Iterator[slice]:
         yield slice(start, min(start + chunk, n_units))
 
 
-def association_scan(
+# The public scan: its keyword-only options mirror the confounders config (correlation,
+# scan_permutations, seed) and chunking, so they stay plain arguments.
+def association_scan(  # noqa: PLR0913
     activations: np.ndarray,
     metadata: pd.DataFrame,
     variables: list[str],
     covariates: list[str] | None = None,
     kinds: dict[str, Kind] | None = None,
-    correlation: Literal["pearson", "spearman"] = "pearson",
+    correlation: Correlation = "pearson",
+    *,
     chunk_units: int = 4096,
     min_nonzero: float = 0.2,
     max_permutations: int = 0,

@@ -21,19 +21,37 @@ import pandas as pd
 import torch
 
 from pathosae.config import PathosaeConfig
+from pathosae.confounders.collect import CodeModel, Collected, SlideFeatures, codes_and_recon
 from pathosae.confounders.groundtruth import (
     effect_ratio,
     flagged_units,
     precision_recall,
     ranking_auroc,
 )
+from pathosae.encoders import build_encoder
 from pathosae.run import RunDir
+from pathosae.schema import SLIDE_ID
+from pathosae.tiling.reader import load_tiles
+
+TruthScorer = Callable[[Collected, pd.DataFrame], tuple[pd.DataFrame, dict[str, Any]]]
 
 MAX_TILES = 768
 MAX_SLIDES = 64
 MIN_EFFECT = 0.5  # true unit: between-level spread of the planted change ≥ 0.5 planted SDs
 EFFECT_COLUMNS = {"site": "no_site", "scanner": "no_scanner"}  # variable -> counterfactual
 _BATCH = 32
+
+
+def truth_scorer(
+    run: RunDir, gt_dir: Path, cfg: PathosaeConfig, store: SlideFeatures, sae: CodeModel
+) -> TruthScorer:
+    """Scores the analysis's flagged units against the effects planted in ``gt_dir``."""
+
+    def score(data: Collected, associations: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
+        return score_ground_truth(run, gt_dir, cfg, data.slides, store.load,
+                                  lambda x: codes_and_recon(sae, x)[0], associations)
+
+    return score
 
 
 def score_ground_truth(
@@ -46,8 +64,8 @@ def score_ground_truth(
     associations: pd.DataFrame,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """groundtruth.parquet rows (unit × effect) and the summary figures."""
+    # Only a synthetic cohort's run gets here (the config names its ground truth folder).
     from pathosae.synth.counterfactual import DEFAULT_VARIANTS, SynthDesign, render_tiles
-    from pathosae.tiling.reader import load_tiles
 
     ccfg = cfg.confounders
     design = SynthDesign.load(gt_dir)
@@ -59,7 +77,7 @@ def score_ground_truth(
     encoder = _encoder(cfg)
     means: dict[str, list[np.ndarray]] = {name: [] for name in DEFAULT_VARIANTS}
     cosines, n_tiles = [], 0
-    for sid in chosen["slide_id"].astype(str):
+    for sid in chosen[SLIDE_ID].astype(str):
         stored, coords = load_features(sid)
         pick = np.sort(rng.choice(len(coords), min(per_slide, len(coords)), replace=False))
         _, geom = load_tiles(run, sid)
@@ -94,8 +112,6 @@ def score_ground_truth(
 
 
 def _encoder(cfg: PathosaeConfig) -> Any:
-    from pathosae.encoders import build_encoder
-
     emb = cfg.embedding
     return build_encoder(emb.encoder, emb.weights, random_weights=emb.random_weights,
                          seed=cfg.seed).eval()

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from pathosae.errors import StageError
+from pathosae.schema import PATIENT_ID, SLIDE_ID, SPLIT
 
 
 @dataclass
@@ -32,7 +33,7 @@ class Bags:
 
     def __post_init__(self) -> None:
         n = len(self.y)
-        for name in ("site", "slide_ids", "patient", "split"):
+        for name in ("site", "slide_ids", "patient", SPLIT):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"Bags.{name} has {len(getattr(self, name))} entries, y has {n}")
         if self.x.shape[0] != self.slide.shape[0]:
@@ -123,7 +124,7 @@ class Bags:
         ``index`` needs slide_id, patient_id, split and the ``label`` and ``site`` columns.
         At most ``max_tiles_per_slide`` tiles per slide are kept (a seeded draw).
         """
-        needed = ["slide_id", "patient_id", "split", label, site, *extra]
+        needed = [SLIDE_ID, PATIENT_ID, SPLIT, label, site, *extra]
         missing = [c for c in needed if c not in index.columns]
         if missing:
             raise StageError(
@@ -132,23 +133,23 @@ class Bags:
             )
         if len(index) != len(x):
             raise StageError(f"tile index has {len(index)} rows but the matrix has {len(x)}")
-        rows = _sample_rows(index["slide_id"].to_numpy(), max_tiles_per_slide, seed)
+        rows = _sample_rows(index[SLIDE_ID].to_numpy(), max_tiles_per_slide, seed)
         tiles = index.iloc[rows].reset_index(drop=True)
-        slides = tiles.drop_duplicates("slide_id").reset_index(drop=True)
+        slides = tiles.drop_duplicates(SLIDE_ID).reset_index(drop=True)
         labels = slides[label].astype(str)
         if labels.isna().any() or (slides[label].isna()).any():
             raise StageError(f"some slides have no value in label column {label!r}. Fix: fill it.")
         classes = tuple(sorted(labels.unique()))
-        pos = pd.Series(np.arange(len(slides)), index=slides["slide_id"])
+        pos = pd.Series(np.arange(len(slides)), index=slides[SLIDE_ID])
         x_rows = np.asarray(x[rows] if not isinstance(x, Tensor) else x[torch.from_numpy(rows)])
         return cls(
             x=torch.as_tensor(x_rows, dtype=torch.float32),
-            slide=torch.from_numpy(pos.loc[tiles["slide_id"]].to_numpy().astype(np.int64)),
+            slide=torch.from_numpy(pos.loc[tiles[SLIDE_ID]].to_numpy().astype(np.int64)),
             y=torch.tensor([classes.index(v) for v in labels], dtype=torch.long),
             site=slides[site].astype(str).to_numpy(),
-            slide_ids=slides["slide_id"].astype(str).to_numpy(),
-            patient=slides["patient_id"].astype(str).to_numpy(),
-            split=slides["split"].astype(str).to_numpy(),
+            slide_ids=slides[SLIDE_ID].astype(str).to_numpy(),
+            patient=slides[PATIENT_ID].astype(str).to_numpy(),
+            split=slides[SPLIT].astype(str).to_numpy(),
             classes=classes,
             meta={c: slides[c].astype(str).to_numpy() for c in extra},
         )

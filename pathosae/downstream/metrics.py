@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import TypedDict
 
 import numpy as np
 from sklearn.exceptions import UndefinedMetricWarning
@@ -12,6 +13,14 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+
+from pathosae.uncertainty import (
+    Resamples,
+    auroc_replicates,
+    bacc_replicates,
+    percentile_interval,
+    worst_group_bacc_replicates,
+)
 
 
 def auroc(y: np.ndarray, proba: np.ndarray) -> float:
@@ -29,7 +38,14 @@ def balanced_accuracy(y: np.ndarray, pred: np.ndarray, weight: np.ndarray | None
         return float(balanced_accuracy_score(y, pred, sample_weight=weight))
 
 
-def task_metrics(y: np.ndarray, proba: np.ndarray, site: np.ndarray) -> dict[str, object]:
+class TaskMetrics(TypedDict):
+    auroc: float
+    bacc: float
+    per_site_bacc: dict[str, float]
+    worst_site_bacc: float
+
+
+def task_metrics(y: np.ndarray, proba: np.ndarray, site: np.ndarray) -> TaskMetrics:
     """AUROC and balanced accuracy overall, balanced accuracy per site and at the worst site."""
     y = np.asarray(y)
     pred = proba.argmax(1)
@@ -42,6 +58,29 @@ def task_metrics(y: np.ndarray, proba: np.ndarray, site: np.ndarray) -> dict[str
         "per_site_bacc": per_site,
         "worst_site_bacc": min(per_site.values()) if per_site else float("nan"),
     }
+
+
+TASK_INTERVAL_METRICS = ("auroc", "bacc", "worst_site_bacc")
+
+
+def task_metric_replicates(
+    res: Resamples, y: np.ndarray, proba: np.ndarray, site: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The :func:`task_metrics` scalars (auroc, bacc, worst_site_bacc) on every patient-level
+    bootstrap replicate of ``res`` (built on these slides' patients); NaN where undefined."""
+    y = np.asarray(y)
+    pred = proba.argmax(1)
+    return {"auroc": auroc_replicates(res, y, proba), "bacc": bacc_replicates(res, y, pred),
+            "worst_site_bacc": worst_group_bacc_replicates(res, y, pred, np.asarray(site))}
+
+
+def interval_columns(replicates: dict[str, np.ndarray], level: float, suffix: str = "") -> dict[str, float]:
+    """``{<metric><suffix>_low, <metric><suffix>_high}`` percentile bounds of each metric's
+    replicates (e.g. ``bacc_shifted_low`` with ``suffix="_shifted"``)."""
+    out: dict[str, float] = {}
+    for name, values in replicates.items():
+        out[f"{name}{suffix}_low"], out[f"{name}{suffix}_high"] = percentile_interval(values, level)
+    return out
 
 
 # ---- site leakage -------------------------------------------------------------------------------
@@ -63,6 +102,16 @@ class Leakage:
                 f"{prefix}_nan_reason": self.reason}
 
 
+@dataclass(frozen=True)
+class TileRows:
+    """Tile vectors for the tile-level estimator of :func:`site_leakage_report`: ``features``
+    (tiles × dims), the slide index of each tile, and at most how many tiles per slide to use."""
+
+    features: np.ndarray
+    slide: np.ndarray
+    max_per_slide: int = 32
+
+
 def site_leakage(
     features: np.ndarray, site: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0,
     min_per_site: int = 3,
@@ -73,8 +122,7 @@ def site_leakage(
 
 def site_leakage_report(
     features: np.ndarray, site: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0,
-    min_per_site: int = 3, tile_features: np.ndarray | None = None,
-    tile_slide: np.ndarray | None = None, max_tiles_per_slide: int = 32,
+    min_per_site: int = 3, tiles: TileRows | None = None,
 ) -> Leakage:
     """Cross-validated balanced accuracy of a logistic probe for ``site`` that the label cannot
     carry; chance is ``1 / n_sites``. The first estimator the data supports is used:
@@ -83,8 +131,8 @@ def site_leakage_report(
        at least ``min_per_site`` slides in the class, folds shrunk to the smallest site kept;
        classes weighted by their slide counts. Probing within a class means the label cannot
        carry the site where the two are correlated.
-    2. ``tile_within_class`` (when ``tile_features``/``tile_slide`` are given): the same per
-       class on tiles (at most ``max_tiles_per_slide`` per slide, seeded), sites with at least
+    2. ``tile_within_class`` (when ``tiles`` are given): the same per
+       class on tiles (at most ``tiles.max_per_slide`` per slide, seeded), sites with at least
        two slides in the class, folds grouped by slide so no slide is in train and test;
        every slide weighs the same in the balanced accuracy.
     3. ``slide_class_centred``: one probe on slide vectors with each class's mean removed,
@@ -98,9 +146,9 @@ def site_leakage_report(
     value = _within_class(features, site, y, folds, seed, max(2, min_per_site))
     if value is not None:
         return Leakage(value, SLIDE_WITHIN_CLASS)
-    if tile_features is not None and tile_slide is not None:
-        value = _tile_within_class(np.asarray(tile_features, dtype=np.float64),
-                                   np.asarray(tile_slide), site, y, folds, seed, max_tiles_per_slide)
+    if tiles is not None:
+        value = _tile_within_class(np.asarray(tiles.features, dtype=np.float64),
+                                   np.asarray(tiles.slide), site, y, folds, seed, tiles.max_per_slide)
         if value is not None:
             return Leakage(value, TILE_WITHIN_CLASS)
     value = _class_centred(features, site, y, folds, seed)

@@ -14,6 +14,9 @@ class AdapterMIL(nn.Module):
     embeddings standardises them exactly as it did its training data.
     """
 
+    x_mean: Tensor  # buffers registered in __init__
+    x_std: Tensor
+
     def __init__(
         self, d_in: int, n_classes: int, hidden_dim: int = 64, attention_dim: int = 32,
         dropout: float = 0.1,

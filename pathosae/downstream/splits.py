@@ -135,3 +135,11 @@ def check_splits(splits: Splits, classes: tuple[str, ...], train: str, normal: s
                 f"at least {MIN_EVAL_SLIDES}. Fix: give it more patients (cohort.split fractions "
                 "or the manifest's split column)."
             )
+
+
+def train_tile_metadata(splits: Splits) -> dict[str, np.ndarray]:
+    """Per training tile: its site, label and metadata columns (what an edit is fitted on)."""
+    train = splits.train
+    meta = {"site": train.tile_site(), "label": train.tile_y().numpy()}
+    meta.update({k: v[train.slide.numpy()] for k, v in train.meta.items()})
+    return meta

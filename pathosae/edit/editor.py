@@ -76,7 +76,7 @@ class Editor:
     def _fit_group(self, group: list[Operation], x: Tensor, metadata: Mapping[str, np.ndarray]) -> Transform:
         if group[0].op in CODE_OPS:
             code_ops = [self._code_op(o, x) for o in group]
-            return partial(edit_ops.apply_code_edit, sae=self.sae, ops=code_ops)
+            return partial(edit_ops.apply_code_edit, sae=self._code_sae(), ops=code_ops)
         (op,) = group
         if isinstance(op, ProjectOut):
             return partial(edit_ops.project_out, direction=self._direction(op, x.shape[1]))
@@ -95,15 +95,20 @@ class Editor:
             self.units_ += op.units
             return partial(edit_ops.clamp_units, units=op.units, value=op.value)
         if isinstance(op, RandomUnits):
-            units = draw_random_units(self.sae, x, op.count, op.seed)
+            units = draw_random_units(self._code_sae(), x, op.count, op.seed)
             self.units_ += units
             return partial(edit_ops.ablate_units, units=units)
         if isinstance(op, ProjectCode):
             return partial(edit_ops.project_code, direction=self._direction(op, self._d_sae(x)))
         raise AssertionError(f"unhandled operation {op.op}")
 
+    def _code_sae(self) -> edit_ops.SAELike:
+        """The SAE of a code operation: present, since __init__ refuses code ops without one."""
+        assert self.sae is not None
+        return self.sae
+
     def _d_sae(self, x: Tensor) -> int:
-        return int(self.sae.encode(x[:1]).shape[1])
+        return int(self._code_sae().encode(x[:1]).shape[1])
 
     def _direction(self, op: ProjectCode | ProjectOut, dim: int) -> Tensor:
         if op.vector is not None:

@@ -6,6 +6,12 @@ Columns: task AUROC / balanced accuracy overall, per site (JSON) and worst site 
 the shifted test; site leakage of the edited embeddings (within-class probe, balanced accuracy);
 the fraction of slide predictions that flip against the unedited model of the same mode; the
 collateral cost (drop in normal-test balanced accuracy against no edit, same mode).
+
+With ``uncertainty`` settings, each task number (auroc, bacc, worst_site_bacc on the normal and
+the shifted test) gets ``<column>_low`` / ``<column>_high``: a patient-level bootstrap interval
+over that split's test slides (predictions resampled, models not re-evaluated). Every row uses
+the same patient draws, so ``delta_bacc_shifted_low`` / ``_high``, the interval of the edit's
+shifted-test balanced accuracy minus no edit's (same mode), is paired.
 """
 
 from __future__ import annotations
@@ -13,19 +19,33 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
 
-from pathosae.downstream import AdapterMIL, DownstreamConfig, predict_proba, task_metrics
 from pathosae.downstream.bags import Bags
-from pathosae.downstream.metrics import Leakage, site_leakage_report
+from pathosae.downstream.config import DownstreamConfig
+from pathosae.downstream.metrics import (
+    Leakage,
+    TileRows,
+    interval_columns,
+    site_leakage_report,
+    task_metric_replicates,
+    task_metrics,
+)
+from pathosae.downstream.model import AdapterMIL
 from pathosae.downstream.splits import Splits
-from pathosae.downstream.train import train_downstream
+from pathosae.downstream.train import predict_proba, train_downstream
 from pathosae.edit.editor import Editor
+from pathosae.edit.robustness import pooled_robustness
 from pathosae.errors import PathosaeError, StageError
+from pathosae.uncertainty import Resamples, patient_resamples, percentile_interval
+
+if TYPE_CHECKING:
+    from pathosae.config import UncertaintyConfig
 
 SplitsEdit = Callable[[Splits], Splits]
 Predict = Callable[[AdapterMIL, Bags], np.ndarray]
@@ -104,7 +124,7 @@ def _map_x(splits: Splits, fn: Callable[[Tensor], Tensor]) -> Splits:
     return Splits(*(b.with_x(fn(b.x).float()) for b in (splits.train, splits.normal, splits.shifted)))
 
 
-def effect_table(
+def effect_table(  # noqa: PLR0913 - the table's inputs and its optional measurements
     splits: Splits,
     candidates: list[Candidate],
     cfg: DownstreamConfig,
@@ -113,18 +133,29 @@ def effect_table(
     modes: tuple[str, ...] = MODES,
     leakage_folds: int = 5,
     predict: Predict = predict_proba,
+    robustness: bool = True,
+    *,
+    uncertainty: UncertaintyConfig | None = None,
 ) -> pd.DataFrame:
     """Evaluate every candidate in every mode; ``no_edit`` rows come first.
+
+    ``robustness`` adds croma's ``ri``, ``mari``, ``croma``, ``croma_support`` and
+    ``croma_reason`` of the edited pooled test tiles (:mod:`pathosae.edit.robustness`).
 
     ``predict(model, bags)`` gives slide probabilities from the bags' rows; the default reads
     tile embeddings. Adapter-layer edits pass one that reads adapter activations (the bags
     then hold ``h``, and only the ``applied`` mode has a meaning).
+
+    ``uncertainty`` (the config's section) sets the patient-level bootstrap intervals; None
+    leaves their columns NaN.
     """
     base_model = base_model or train_downstream(splits.train, cfg, seed)
     no_edit = Candidate("no_edit", "baseline", lambda s: s)
+    boot = _Boot.of(splits, uncertainty)
     rows: list[dict[str, object]] = []
-    reference: dict[str, dict[str, object]] = {}
+    reference_bacc: dict[str, float] = {}
     reference_pred: dict[str, np.ndarray] = {}
+    reference_shifted: dict[str, np.ndarray] = {}
     for cand in [no_edit, *candidates]:
         if cand.edit is None:
             rows += [_missing_row(cand, mode) for mode in modes]
@@ -140,16 +171,20 @@ def effect_table(
             rows += [_missing_row(missing, mode) for mode in modes]
             continue
         leak = pooled_leakage(edited, leakage_folds, seed)
+        croma = pooled_robustness(edited, seed) if robustness else {}
         for mode in modes:
             model = base_model if mode == "applied" else (
                 base_model if cand is no_edit else train_downstream(edited.train, cfg, seed)
             )
-            row = _score(cand, mode, model, edited, leak, predict)
-            pred = row.pop("_pred")
+            row, pred, bacc_normal, shifted = _score(cand, mode, model, edited, leak, predict, boot)
             if cand is no_edit:
-                reference[mode], reference_pred[mode] = row, pred
+                reference_bacc[mode], reference_pred[mode] = bacc_normal, pred
+                reference_shifted[mode] = shifted
             row["flip_rate"] = float(np.mean(pred != reference_pred[mode]))
-            row["collateral_bacc_drop"] = reference[mode]["bacc_normal"] - row["bacc_normal"]
+            row["collateral_bacc_drop"] = reference_bacc[mode] - bacc_normal
+            row["delta_bacc_shifted_low"], row["delta_bacc_shifted_high"] = percentile_interval(
+                shifted - reference_shifted[mode], boot.level)
+            row.update(croma)
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -170,19 +205,47 @@ def pooled_leakage(splits: Splits, folds: int, seed: int) -> Leakage:
     pooled = splits.pooled_test()
     return site_leakage_report(
         pooled.slide_means().numpy(), pooled.site, pooled.y.numpy(), folds, seed,
-        tile_features=pooled.x.numpy(), tile_slide=pooled.slide.numpy(),
+        tiles=TileRows(pooled.x.numpy(), pooled.slide.numpy()),
     )
 
 
+@dataclass(frozen=True)
+class _Boot:
+    """The patient draws of the normal and the shifted test, shared by every row."""
+
+    normal: Resamples
+    shifted: Resamples
+    level: float
+
+    @classmethod
+    def of(cls, splits: Splits, settings: UncertaintyConfig | None) -> _Boot:
+        n_boot = 0 if settings is None else settings.n_bootstrap
+        seed = 0 if settings is None else settings.seed
+        level = 0.95 if settings is None else settings.level
+        return cls(patient_resamples(splits.normal.patient, n_boot, [seed, 0]),
+                   patient_resamples(splits.shifted.patient, n_boot, [seed, 1]), level)
+
+
+class _Score(NamedTuple):
+    row: dict[str, object]
+    pred: np.ndarray  # predicted class of every normal, then shifted test slide
+    bacc_normal: float
+    bacc_shifted: np.ndarray  # shifted-test balanced accuracy of every bootstrap replicate
+
+
 def _score(
-    cand: Candidate, mode: str, model: AdapterMIL, edited: Splits, leak: Leakage, predict: Predict
-) -> dict[str, object]:
+    cand: Candidate, mode: str, model: AdapterMIL, edited: Splits, leak: Leakage, predict: Predict,
+    boot: _Boot,
+) -> _Score:
     row: dict[str, object] = {
         "edit": cand.name, "kind": cand.kind, "mode": mode, "n_units": cand.n_units,
         "draw": cand.draw, "missing_reason": None, **leak.columns(),
     }
     preds = []
-    for name, bags in (("normal", edited.normal), ("shifted", edited.shifted)):
+    bacc_normal = float("nan")
+    replicates: dict[str, np.ndarray] = {}
+    for name, bags, res in (("normal", edited.normal, boot.normal),
+                            ("shifted", edited.shifted, boot.shifted)):
         proba = predict(model, bags)
         m = task_metrics(bags.y.numpy(), proba, bags.site)
         row.update({
@@ -190,9 +253,12 @@ def _score(
             f"worst_site_bacc_{name}": m["worst_site_bacc"],
             f"per_site_bacc_{name}": json.dumps(m["per_site_bacc"], sort_keys=True),
         })
+        replicates = task_metric_replicates(res, bags.y.numpy(), proba, bags.site)
+        row.update(interval_columns(replicates, boot.level, f"_{name}"))
         preds.append(proba.argmax(1))
-    row["_pred"] = np.concatenate(preds)
-    return row
+        if name == "normal":
+            bacc_normal = m["bacc"]
+    return _Score(row, np.concatenate(preds), bacc_normal, replicates["bacc"])
 
 
 def _missing_row(cand: Candidate, mode: str) -> dict[str, object]:

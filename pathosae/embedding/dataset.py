@@ -17,10 +17,16 @@ import openslide
 import torch
 from torch.utils.data import Dataset
 
+from pathosae.errors import PathosaeError
 from pathosae.slides import open_slide
 from pathosae.tiling.reader import TileGeometry, read_tile
 
 MAX_OPEN_SLIDES = 4  # per worker; batches arrive slide by slide, so a few handles suffice
+# What reading a slide's tiles can raise (a slide that vanished or will not open, a corrupt tile,
+# a tile of the wrong size): returned as the batch's error so the slide is skipped or stops the run.
+READ_ERRORS: tuple[type[Exception], ...] = (
+    PathosaeError, openslide.OpenSlideError, OSError, ValueError,
+)
 
 # A pixel transform applied to each tile before the model's own: tile -> (tile, applied). A tile
 # it cannot handle comes back unchanged with applied=False and is counted in ``fallbacks``.
@@ -85,7 +91,7 @@ class TileBatchDataset(Dataset):
                 tiles = [tile for tile, _ in transformed]
                 out["fallbacks"] = sum(not applied for _, applied in transformed)
             out["tiles"] = torch.from_numpy(np.stack(tiles))
-        except Exception as exc:
+        except READ_ERRORS as exc:
             out["error"] = f"{type(exc).__name__}: {exc}"
             out["tiles"] = torch.empty(0, dtype=torch.uint8)
         return out

@@ -63,10 +63,12 @@ def plan_inference(cfg: EmbeddingConfig, spec: EncoderSpec) -> InferencePlan:
     return InferencePlan(device, precision, channels_last)
 
 
-def resolve_precision(requested: str, spec: EncoderSpec, device: torch.device) -> PrecisionName:
+def resolve_precision(
+    requested: Literal["auto"] | PrecisionName, spec: EncoderSpec, device: torch.device
+) -> PrecisionName:
     """``auto``: the model's published precision on CUDA (fp16 where bf16 is unsupported), fp32 on CPU."""
     if requested != "auto":
-        return requested  # type: ignore[return-value]
+        return requested
     if device.type != "cuda":
         return "fp32"
     if spec.precision == "bf16" and not torch.cuda.is_bf16_supported():

@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 
 from pathosae.io import atomic_path
+from pathosae.schema import SETTINGS_HASH
 
 
 def write_feature_file(
@@ -73,7 +74,7 @@ def feature_file_state(
                 return "corrupt"
             if h5.attrs.get("imported_from") is not None:
                 return "imported"
-            if _decode(h5.attrs.get("settings_hash", "")) != settings_hash:
+            if _decode(h5.attrs.get(SETTINGS_HASH, "")) != settings_hash:
                 return "stale"
             if feats.shape != (len(coords), dim):
                 return "stale"

@@ -35,6 +35,7 @@ from pathosae.encoders.registry import EncoderSpec
 from pathosae.errors import PathosaeError, SlideError
 from pathosae.io import settings_hash
 from pathosae.run import RunDir, package_versions
+from pathosae.schema import SETTINGS_HASH, SLIDE_ID
 from pathosae.slides import open_slide
 from pathosae.tiling.reader import TileGeometry, load_tiles
 from pathosae.types import OnError
@@ -95,18 +96,18 @@ def run_stage(
     ``slide_ids`` restricts the work to one shard of the cohort (a Slurm array task). Every slide
     is checked for every feature set before any work, so a bad slide stops the run at once.
     """
-    from pathosae.cohort import load_cohort
+    from pathosae.cohort.table import load_cohort
 
     emb = cfg.embedding
     cohort = load_cohort(run)
     if slide_ids is not None:
-        cohort = cohort[cohort["slide_id"].isin(slide_ids)]
+        cohort = cohort[cohort[SLIDE_ID].isin(slide_ids)]
     spec = get_spec(emb.encoder)
     plan = plan_inference(emb, spec)
     planned = [
         _plan_set(run, fs, cohort, spec, plan, cfg, on_error) for fs in feature_sets(emb)
     ]
-    results = {p.features.role: _embed_set(run, p, spec, plan, cfg, on_error) for p in planned}
+    results = {p.features.role: _embed_set(run, p, plan, cfg, on_error) for p in planned}
     main = results.pop("main")
     summary: dict[str, Any] = {
         "features": planned[0].features.name,
@@ -153,19 +154,19 @@ def _plan_set(
 
 
 def _embed_set(
-    run: RunDir, planned: PlannedSet, spec: EncoderSpec, plan: InferencePlan, cfg: PathosaeConfig,
-    on_error: OnError,
+    run: RunDir, planned: PlannedSet, plan: InferencePlan, cfg: PathosaeConfig, on_error: OnError,
 ) -> dict[str, Any]:
     """Embed one feature set's pending slides; its part of the stage summary."""
     emb, fs = cfg.embedding, planned.features
-    n_tiles, elapsed, fallbacks, run_failed = 0, 0.0, 0, {}
+    n_tiles, elapsed, fallbacks = 0, 0.0, 0
+    run_failed: dict[str, str] = {}
     if planned.jobs:  # a finished run is checked without building (or loading) the model
         encoder = build_encoder(emb.encoder, emb.weights, random_weights=fs.random_weights,
                                 seed=cfg.seed, known_sha256=planned.digest)
         t0 = time.perf_counter()
         n_tiles, run_failed, fallbacks = embed_jobs(
-            planned.jobs, encoder, plan, run, fs.name, planned.settings, emb.batch_size,
-            emb.num_workers, on_error, pixel_transform=fs.pixel_transform,
+            planned.jobs, encoder, plan, FeatureTarget(run, fs.name, planned.settings),
+            emb.batch_size, emb.num_workers, on_error, pixel_transform=fs.pixel_transform,
         )
         elapsed = time.perf_counter() - t0
     failed = {**planned.failed, **run_failed}
@@ -210,13 +211,23 @@ def _prepare_job(
     return SlideJob(SlideTiles(slide_id, path, coords, geom), digest)
 
 
+@dataclass(frozen=True)
+class FeatureTarget:
+    """Where a feature set's files go and the settings each file records."""
+
+    run: RunDir
+    name: str
+    base: dict[str, Any]
+
+    def write(self, job: SlideJob, features: np.ndarray) -> None:
+        _write(job, features, self.run, self.name, self.base)
+
+
 def embed_jobs(
     jobs: list[SlideJob],
     encoder: Encoder,
     plan: InferencePlan,
-    run: RunDir,
-    name: str,
-    base: dict[str, Any],
+    target: FeatureTarget,
     batch_size: int,
     num_workers: int,
     on_error: OnError,
@@ -229,7 +240,7 @@ def embed_jobs(
     failed: dict[str, str] = {}
     for job in jobs:
         if len(job.tiles.coords) == 0:
-            _write(job, np.zeros((0, encoder.dim), np.float32), run, name, base)
+            target.write(job, np.zeros((0, encoder.dim), np.float32))
     jobs = [j for j in jobs if len(j.tiles.coords)]
     if not jobs:
         return 0, failed, 0
@@ -240,7 +251,7 @@ def embed_jobs(
     loader = make_loader(dataset, plan_batches(dataset.slides, batch_size), num_workers, plan)
     total = sum(len(j.tiles.coords) for j in jobs)
     done_tiles = done_slides = 0
-    bar = tqdm(total=total, unit="tile", desc=f"embed {name}", smoothing=0.1, mininterval=1.0)
+    bar = tqdm(total=total, unit="tile", desc=f"embed {target.name}", smoothing=0.1, mininterval=1.0)
     try:
         for batch in loader:
             job = jobs[batch["slide"]]
@@ -260,8 +271,7 @@ def embed_jobs(
             job.received += batch["stop"] - batch["start"]
             bar.update(batch["stop"] - batch["start"])
             if job.received == len(job.tiles.coords):
-                _write(job, np.concatenate([p for _, p in sorted(job.parts, key=lambda t: t[0])]),
-                       run, name, base)
+                target.write(job, np.concatenate([p for _, p in sorted(job.parts, key=lambda t: t[0])]))
                 job.parts.clear()
                 done_tiles += job.received
                 done_slides += 1
@@ -310,11 +320,11 @@ def _write(job: SlideJob, features: np.ndarray, run: RunDir, name: str, base: di
     geom: TileGeometry = job.tiles.geometry
     attrs = {
         **base,
-        "slide_id": job.tiles.slide_id,
+        SLIDE_ID: job.tiles.slide_id,
         "target_mpp": geom.target_mpp,
         "tile_px": geom.tile_px,
         "tiles_settings_hash": geom.settings_hash,
-        "settings_hash": job.settings_hash,
+        SETTINGS_HASH: job.settings_hash,
         "pathosae_version": pathosae.__version__,
         "versions": json.dumps(package_versions(), sort_keys=True),
     }

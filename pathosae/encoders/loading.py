@@ -10,9 +10,10 @@ from __future__ import annotations
 import importlib
 import math
 import os
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -39,6 +40,18 @@ class WeightsError(ConfigError):
         super().__init__(f"encoder {encoder!r}{where}: {reason}. Fix: {fix}")
 
 
+class Backbone(Protocol):
+    """What ``Encoder`` uses of a timm model (``timm.create_model`` is typed as a bare nn.Module)."""
+
+    num_features: int
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+def _backbone(model: nn.Module) -> Backbone:
+    return cast(Backbone, model)
+
+
 class Encoder(nn.Module):
     """A built encoder: ``preprocess`` (uint8 tiles -> model input) then ``forward`` (-> pooled)."""
 
@@ -52,10 +65,11 @@ class Encoder(nn.Module):
         self.weights_sha256 = weights_sha256
         self.random_weights = random_weights
         self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 1))
-        self.dim = pooled_dim(int(model.num_features), spec.pooling)
+        self.dim = pooled_dim(int(_backbone(model).num_features), spec.pooling)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return pool_features(self.model.forward_features(x), self.spec.pooling, self.num_prefix_tokens)
+        tokens = _backbone(self.model).forward_features(x)
+        return pool_features(tokens, self.spec.pooling, self.num_prefix_tokens)
 
     def embed(self, tiles: torch.Tensor) -> torch.Tensor:
         """uint8 tiles (B, H, W, 3) -> pooled features (B, dim)."""
@@ -177,17 +191,27 @@ def load_weights_file(encoder: str, path: str | os.PathLike[str]) -> dict[str, t
     if path.suffix not in WEIGHT_SUFFIXES:
         raise WeightsError(encoder, path, f"unsupported file type {path.suffix!r}",
                            f"give a {', '.join(WEIGHT_SUFFIXES)} file")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    state: Any
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
 
-            state: Any = load_file(str(path), device="cpu")
-        else:
+        try:
+            state = load_file(str(path), device="cpu")
+        except (SafetensorError, OSError) as exc:
+            raise _unreadable(encoder, path, exc) from None
+    else:
+        try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise WeightsError(encoder, path, f"the file cannot be read ({type(exc).__name__}: {exc})",
-                           "re-download it; a .pth must hold plain tensors (weights_only)") from None
+        except (pickle.UnpicklingError, EOFError, RuntimeError, OSError, ValueError) as exc:
+            # Refused by weights_only (a pickled module), truncated, or not a checkpoint at all.
+            raise _unreadable(encoder, path, exc) from None
     return _unwrap_state_dict(encoder, path, state)
+
+
+def _unreadable(encoder: str, path: Path, exc: Exception) -> WeightsError:
+    return WeightsError(encoder, path, f"the file cannot be read ({type(exc).__name__}: {exc})",
+                        "re-download it; a .pth must hold plain tensors (weights_only)")
 
 
 def _unwrap_state_dict(encoder: str, path: Path, state: Any) -> dict[str, torch.Tensor]:

@@ -20,6 +20,9 @@ class TileTransform(nn.Module):
     ``input_px``; nothing is resampled when the tile already has the right size.
     """
 
+    mean: torch.Tensor  # buffers registered in __init__
+    std: torch.Tensor
+
     def __init__(self, spec: EncoderSpec) -> None:
         super().__init__()
         self.resize_px = spec.resize_px

@@ -36,6 +36,9 @@ class SAE(nn.Module):
     architecture: ClassVar[str] = ""
     sparse_training: ClassVar[bool] = False
     """True when ``losses`` uses ``encode_sparse`` (TopK family); False for dense activations."""
+    samples_since_fired: Tensor  # buffer registered in __init__
+    training_log: dict[str, Any]
+    """What ``train_sae`` did (set on the models it returns)."""
 
     def __init__(self, d_in: int, d_sae: int) -> None:
         super().__init__()
@@ -111,8 +114,12 @@ class SAE(nn.Module):
     def decode_sparse(self, codes: SparseCodes) -> Tensor:
         return codes.decode(self.W_dec) + self.b_dec
 
-    def losses(self, x: Tensor) -> dict[str, Tensor]:
-        """Named losses for one batch; the training loop minimises their sum."""
+    def losses(self, x: Tensor, reference: bool = False) -> dict[str, Tensor]:
+        """Named losses for one batch; the training loop minimises their sum.
+
+        ``reference=True`` takes the plain dense autograd path where an architecture has a sparse
+        one (the tests compare the two); dense architectures have only that path.
+        """
         raise NotImplementedError
 
     # ---- shared loss terms -----------------------------------------------------------------

@@ -19,6 +19,9 @@ from pathosae.sae.topk import TopKSAE
 
 @register("batchtopk")
 class BatchTopKSAE(TopKSAE):
+    threshold: Tensor  # buffers registered in __init__
+    threshold_updates: Tensor
+
     def __init__(
         self, d_in: int, d_sae: int, k: int = 32, threshold_momentum: float = 0.99
     ) -> None:

@@ -13,9 +13,10 @@ from pathosae.errors import PathosaeError
 from pathosae.io import atomic_path, read_json, write_json_atomic
 from pathosae.sae.base import SAE
 from pathosae.sae.registry import build_sae
+from pathosae.schema import SAE_CONFIG, SAE_WEIGHTS
 
-WEIGHTS = "sae.safetensors"
-CONFIG = "cfg.json"
+WEIGHTS = SAE_WEIGHTS
+CONFIG = SAE_CONFIG
 METRICS = "metrics.json"
 FORMAT_VERSION = 1
 

@@ -88,6 +88,7 @@ class JumpReLUSAE(SAE):
         return _JumpReLU.apply(pre, self.threshold, self.bandwidth)
 
     def losses(self, x: Tensor, reference: bool = False) -> dict[str, Tensor]:
+        del reference  # dense already: the reference path is the only one
         pre = self.pre_acts(x)
         z = self.activate(pre)
         recon = self.decode(z)

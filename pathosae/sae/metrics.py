@@ -8,13 +8,17 @@ features are not centred (a known pitfall of some public libraries).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from pathosae.sae.base import SAE
+
+if TYPE_CHECKING:
+    from pathosae.sae.training import ArrayLike
 
 
 def fvu(x: Tensor, recon: Tensor) -> Tensor:
@@ -65,7 +69,7 @@ class StreamingMetrics:
         }
 
 
-def iter_row_batches(x: Tensor | np.ndarray, max_rows: int | None, batch_size: int):  # noqa: ANN201
+def iter_row_batches(x: ArrayLike, max_rows: int | None, batch_size: int) -> Iterator[Tensor]:
     """Float32 CPU tensors of consecutive rows (evaluation order does not matter)."""
     n = x.shape[0] if max_rows is None else min(max_rows, x.shape[0])
     for start in range(0, n, batch_size):
@@ -79,7 +83,7 @@ def iter_row_batches(x: Tensor | np.ndarray, max_rows: int | None, batch_size: i
 @torch.no_grad()
 def evaluate_sae(
     sae: SAE,
-    x: Tensor | np.ndarray,
+    x: ArrayLike,
     max_rows: int | None = None,
     batch_size: int = 4096,
     dense_threshold: float = 0.1,
@@ -99,7 +103,7 @@ def evaluate_sae(
 
 
 @torch.no_grad()
-def encode_rows(sae: SAE, x: Tensor | np.ndarray, batch_size: int = 4096) -> Tensor:
+def encode_rows(sae: SAE, x: ArrayLike, batch_size: int = 4096) -> Tensor:
     """Dense codes of every row (for association tests on modest row counts)."""
     sae.eval()
     device = next(sae.parameters()).device

@@ -29,6 +29,7 @@ class ReLUSAE(SAE):
         return torch.relu(pre)
 
     def losses(self, x: Tensor, reference: bool = False) -> dict[str, Tensor]:
+        del reference  # dense already: the reference path is the only one
         pre = self.pre_acts(x)
         z = self.activate(pre)
         recon = self.decode(z)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -113,11 +114,13 @@ class _ActivePreacts(torch.autograd.Function):
         rows: Tensor,
         cols: Tensor,
     ) -> Tensor:
+        del b_enc, b_dec  # inputs only so that backward can return their gradients
         ctx.save_for_backward(x_centred, w_enc, rows, cols)
         return pre_values.clone()
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        # ctx is the autograd node (torch types it Any): FunctionCtx lacks saved_tensors.
         x_centred, w_enc, rows, cols = ctx.saved_tensors
         n_latents = w_enc.shape[0]
         grad_w = grad_b_enc = grad_b_dec = None

@@ -87,7 +87,9 @@ class TopKSAE(SAE):
 
     def extra_losses_sparse(self, codes: SparseCodes, x: Tensor) -> dict[str, Tensor]:
         """Hook for subclasses that add reconstruction terms (Matryoshka prefixes)."""
+        del codes, x  # plain TopK adds none
         return {}
 
     def extra_losses_dense(self, z: Tensor, x: Tensor) -> dict[str, Tensor]:
+        del z, x  # plain TopK adds none
         return {}

@@ -27,8 +27,6 @@ from pathosae.errors import PathosaeError
 from pathosae.sae.base import SAE, TrainingOptions
 from pathosae.sae.registry import get_architecture
 
-ArrayLike = Tensor | np.ndarray  # np.memmap and RowView are accepted wherever this is
-
 
 class RowView:
     """Selected rows of a matrix or memmap, read lazily (e.g. the train split of a feature store).
@@ -49,6 +47,9 @@ class RowView:
 
     def __getitem__(self, item: np.ndarray | slice) -> np.ndarray:
         return self.base[self.row_ids[item]]
+
+
+ArrayLike = Tensor | np.ndarray | RowView  # an np.memmap is an np.ndarray
 
 
 class RowSource:
@@ -158,7 +159,7 @@ def build_model(d_in: int, cfg: SAEConfig, architecture: str | None = None) -> S
     name = architecture or cfg.architecture
     cls = get_architecture(name)
     d_sae = cfg.d_sae or cfg.expansion * d_in
-    options: dict[str, Any] = {
+    options_of: dict[str, dict[str, Any]] = {
         "topk": {"k": cfg.k},
         "batchtopk": {"k": cfg.k},
         "matryoshka": {"k": cfg.k, "prefixes": cfg.matryoshka_prefixes or None},
@@ -168,7 +169,8 @@ def build_model(d_in: int, cfg: SAEConfig, architecture: str | None = None) -> S
             "bandwidth": cfg.jumprelu_bandwidth,
             "threshold_init": cfg.jumprelu_threshold,
         },
-    }.get(name, {})
+    }
+    options = options_of.get(name, {})
     if "k" in options and options["k"] > d_sae:
         raise PathosaeError(f"sae.k={cfg.k} exceeds d_sae={d_sae}. Fix: lower k or widen the SAE.")
     return cls(d_in=d_in, d_sae=d_sae, **options)
@@ -248,6 +250,7 @@ def train_sae(
         batch = source.rows(indices).to(device, non_blocking=True).mul_(scale)
         losses = sae.losses(batch)
         loss = sum(losses.values())
+        assert isinstance(loss, Tensor), "an SAE returns at least one loss"
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         sae.remove_parallel_decoder_grad()

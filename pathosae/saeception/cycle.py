@@ -6,21 +6,35 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
 
-from pathosae.downstream import AdapterMIL, Bags, predict_proba, task_metrics
-from pathosae.downstream.metrics import site_leakage_report, site_separation
+from pathosae.config import UncertaintyConfig
+from pathosae.downstream.bags import Bags
+from pathosae.downstream.metrics import (
+    TileRows,
+    interval_columns,
+    site_leakage_report,
+    site_separation,
+    task_metric_replicates,
+    task_metrics,
+)
+from pathosae.downstream.model import AdapterMIL
 from pathosae.downstream.splits import MIN_EVAL_SLIDES, Splits
-from pathosae.downstream.train import cosine_aux, mse_aux, tile_hidden, train_downstream
+from pathosae.downstream.train import cosine_aux, mse_aux, predict_proba, tile_hidden, train_downstream
 from pathosae.errors import StageError
 from pathosae.saeception.config import SAECeptionConfig, Variant
 from pathosae.saeception.confounding import confounder_eraser, flag_confounded_units
 from pathosae.saeception.metrics import clustering_metrics, monosemanticity
 from pathosae.saeception.targets import class_means, random_unit_targets, sharpened_targets, top_units
+from pathosae.uncertainty import patient_resamples
+
+if TYPE_CHECKING:
+    from pathosae.sae.base import SAE
 
 
 @dataclass
@@ -29,11 +43,11 @@ class CycleResult:
 
     row: dict[str, object]
     model: AdapterMIL
-    sae: torch.nn.Module
+    sae: SAE
     info: dict[str, object] = field(default_factory=dict)
 
 
-def fit_cycle_sae(h: Tensor, cfg: SAECeptionConfig, seed: int) -> torch.nn.Module:
+def fit_cycle_sae(h: Tensor, cfg: SAECeptionConfig, seed: int) -> SAE:
     """A fresh SAE on adapter activations through pathosae.sae's training loop."""
     from pathosae.config import SAEConfig
     from pathosae.sae import train_sae
@@ -64,7 +78,7 @@ def slide_metadata(bags: Bags, cfg: SAECeptionConfig) -> pd.DataFrame:
 
 
 def build_target(
-    variant: Variant, model: AdapterMIL, sae: torch.nn.Module, train: Bags, cfg: SAECeptionConfig,
+    variant: Variant, model: AdapterMIL, sae: SAE, train: Bags, cfg: SAECeptionConfig,
     seed: int,
 ) -> tuple[Tensor | None, dict[str, object]]:
     """The adapter-layer target of one variant (None for no_aux) and what went into it."""
@@ -78,7 +92,8 @@ def build_target(
     codes = encode_rows(sae, h)
     labels = train.tile_y()
     injected = variant == "injected"
-    exclude, erase, info = None, None, {}
+    exclude, erase = None, None
+    info: dict[str, object] = {}
     if injected and cfg.inject_flagged:
         columns = [c for c in confounder_columns(train, cfg) if c in slide_metadata(train, cfg)]
         exclude = flag_confounded_units(
@@ -96,24 +111,38 @@ def build_target(
     return sharpened_targets(codes, labels, keep, decode, erase), info
 
 
+# Bootstrap settings when the caller passes none (the config's defaults).
+DEFAULT_UNCERTAINTY = UncertaintyConfig()
+
+
 def evaluate_cycle(
-    model: AdapterMIL, sae: torch.nn.Module, splits: Splits, cfg: SAECeptionConfig, seed: int,
-    train_h: Tensor,
+    model: AdapterMIL, sae: SAE, splits: Splits, cfg: SAECeptionConfig, seed: int,
+    train_h: Tensor, *, uncertainty: UncertaintyConfig | None = None,
 ) -> dict[str, object]:
     """Task metrics, adapter-layer site leakage and the SAE codes' class structure
-    (``train_h``: the model's adapter activations of the training tiles, as the cycle SAE saw)."""
+    (``train_h``: the model's adapter activations of the training tiles, as the cycle SAE saw).
+
+    Each task metric gets ``<column>_low`` / ``_high``, a patient-level bootstrap interval over
+    that test split (``uncertainty``, else :data:`DEFAULT_UNCERTAINTY`); the draws depend only on
+    the split's patients and the uncertainty seed, so every variant, seed and cycle (and the edit
+    stage's table on the same splits) is resampled alike."""
     from pathosae.sae.metrics import encode_rows, evaluate_sae
 
+    boot = uncertainty or DEFAULT_UNCERTAINTY
     row: dict[str, object] = {}
-    for name, bags in (("normal", splits.normal), ("shifted", splits.shifted)):
-        m = task_metrics(bags.y.numpy(), predict_proba(model, bags), bags.site)
+    for k, (name, bags) in enumerate((("normal", splits.normal), ("shifted", splits.shifted))):
+        proba = predict_proba(model, bags)
+        m = task_metrics(bags.y.numpy(), proba, bags.site)
         row.update({f"auroc_{name}": m["auroc"], f"bacc_{name}": m["bacc"],
                     f"worst_site_bacc_{name}": m["worst_site_bacc"]})
+        res = patient_resamples(bags.patient, boot.n_bootstrap, [boot.seed, k])
+        row.update(interval_columns(task_metric_replicates(res, bags.y.numpy(), proba, bags.site),
+                                    boot.level, f"_{name}"))
     pooled = splits.pooled_test()
     h = tile_hidden(model, pooled.x)
     row.update(site_leakage_report(
         pooled.slide_means(h).numpy(), pooled.site, pooled.y.numpy(), cfg.leakage_folds, seed,
-        tile_features=h.numpy(), tile_slide=pooled.slide.numpy(),
+        tiles=TileRows(h.numpy(), pooled.slide.numpy()),
     ).columns())
     # Between-site share of within-class variance: on the test slides, and on the training
     # slides the injection was fitted on (does it remove the site where it was told where?)
@@ -139,6 +168,8 @@ def run_variant(
     seed: int,
     base: Base,
     on_cycle: Callable[[int, CycleResult], None] | None = None,
+    *,
+    uncertainty: UncertaintyConfig | None = None,
 ) -> list[CycleResult]:
     """Cycles 0..C of one variant: cycle 0 is the shared base model (task loss only)."""
     model, sae, base_row = base
@@ -156,7 +187,7 @@ def run_variant(
         )
         train_h = tile_hidden(model, splits.train.x)
         sae = fit_cycle_sae(train_h, cfg, cycle_seed)
-        metrics = evaluate_cycle(model, sae, splits, cfg, seed, train_h)
+        metrics = evaluate_cycle(model, sae, splits, cfg, seed, train_h, uncertainty=uncertainty)
         row = {"variant": variant, "seed": seed, "cycle": k, **metrics, **info,
                "aux_weight": cfg.aux_weight if variant in AUX_VARIANTS else 0.0,
                "n_top": cfg.n_top if variant in ("plain", "injected") else None}
@@ -166,15 +197,17 @@ def run_variant(
     return results
 
 
-Base = tuple[AdapterMIL, torch.nn.Module, dict[str, object]]
+Base = tuple[AdapterMIL, "SAE", dict[str, object]]
 
 
-def base_model(splits: Splits, cfg: SAECeptionConfig, seed: int) -> Base:
+def base_model(
+    splits: Splits, cfg: SAECeptionConfig, seed: int, *, uncertainty: UncertaintyConfig | None = None
+) -> Base:
     """Cycle 0: the model trained with the task loss only, its SAE and metrics."""
     model = train_downstream(splits.train, cfg.downstream, seed)
     train_h = tile_hidden(model, splits.train.x)
     sae = fit_cycle_sae(train_h, cfg, seed * 1000)
-    return model, sae, evaluate_cycle(model, sae, splits, cfg, seed, train_h)
+    return model, sae, evaluate_cycle(model, sae, splits, cfg, seed, train_h, uncertainty=uncertainty)
 
 
 AUX_VARIANTS: tuple[Variant, ...] = ("random_target", "plain", "injected")
@@ -252,13 +285,16 @@ def run_saeception(
     splits: Splits,
     cfg: SAECeptionConfig,
     on_cycle: Callable[[str, int, int, CycleResult], None] | None = None,
+    *,
+    uncertainty: UncertaintyConfig | None = None,
 ) -> pd.DataFrame:
     """All variants × seeds × cycles; one metrics row each (λ and N chosen per variant)."""
     chosen = {v: select_settings(splits, cfg, v, cfg.seeds[0])[0] for v in cfg.variants}
     rows = []
     for seed in cfg.seeds:
-        base = base_model(splits, cfg, seed)
+        base = base_model(splits, cfg, seed, uncertainty=uncertainty)
         for variant in cfg.variants:
             hook = None if on_cycle is None else (lambda k, r, v=variant, s=seed: on_cycle(v, s, k, r))
-            rows += [r.row for r in run_variant(splits, chosen[variant], variant, seed, base, hook)]
+            rows += [r.row for r in run_variant(splits, chosen[variant], variant, seed, base, hook,
+                                                uncertainty=uncertainty)]
     return pd.DataFrame(rows)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from pathosae.run import RunDir
 from pathosae.scaleout.executor import run_sharded, run_single
 from pathosae.scaleout.sharding import shard_for_array
+from pathosae.schema import SLIDE_ID
 
 if TYPE_CHECKING:  # pathosae.config imports this package for its executor section
     from pathosae.config import PathosaeConfig
@@ -42,9 +43,9 @@ def run_stage_on_executor(
     if not per_slide:
         return run_single(_stage_job, executor, run.root, name, stage_fn, str(run.root), cfg, on_error,
                           resume_command=resume_command)
-    from pathosae.cohort import load_cohort
+    from pathosae.cohort.table import load_cohort
 
-    slide_ids = [str(s) for s in load_cohort(run)["slide_id"]]
+    slide_ids = [str(s) for s in load_cohort(run)[SLIDE_ID]]
     shards = shard_for_array(slide_ids, executor.slides_per_shard, executor.max_array_size)
     job = functools.partial(_shard_job, stage_fn, str(run.root), cfg, on_error)
     summaries = run_sharded(job, shards, executor, run.root, name, resume_command=resume_command)

@@ -16,6 +16,7 @@ import pandas as pd
 import pathosae
 from pathosae.errors import ConfigError
 from pathosae.io import atomic_path, read_json, settings_hash, write_json_atomic, write_text_atomic
+from pathosae.schema import PATIENT_ID, SETTINGS_HASH, SLIDE_ID, SPLIT
 from pathosae.synth.design import SlidePlan, batch_name, plan_cohort, scanner_name, site_name
 from pathosae.synth.effects import CohortEffects, cohort_effects
 from pathosae.synth.groundtruth import write_phenotype_map
@@ -24,8 +25,8 @@ from pathosae.synth.readme import ground_truth_readme
 from pathosae.synth.slide import render_slide
 from pathosae.synth.slide_writer import write_slide
 
-MANIFEST_COLUMNS = ["slide_id", "path", "patient_id", "label", "site", "scanner", "stain_batch",
-                    "split"]
+MANIFEST_COLUMNS = [SLIDE_ID, "path", PATIENT_ID, "label", "site", "scanner", "stain_batch",
+                    SPLIT]
 _RENDERER_VERSION = 1  # bump when the pixels a seed gives change
 
 
@@ -66,7 +67,7 @@ def generate_cohort(
     write_json_atomic(
         gt_dir / "params.json",
         {"params": params.model_dump(mode="json"), "seed": seed, "n_slides": n_slides,
-         "settings_hash": digest, "pathosae_version": pathosae.__version__},
+         SETTINGS_HASH: digest, "pathosae_version": pathosae.__version__},
     )
     write_text_atomic(gt_dir / "README.md", ground_truth_readme(params))
     manifest = out / "cohort.csv"
@@ -94,28 +95,28 @@ def _make_slide(job: tuple[SlidePlan, int, SynthParams, CohortEffects, str, str]
             record = read_json(record_path)
         except (OSError, ValueError):  # unreadable record: render the slide again
             record = {}
-        if record.get("settings_hash") == digest:
+        if record.get(SETTINGS_HASH) == digest:
             return record
     slide = render_slide(plan, seed, params, effects)
-    quality = int(slide.record["scanner_jpeg_quality"])  # type: ignore[call-overload]
+    quality = int(effects.scanner[plan.scanner].jpeg_quality)  # as the record's scanner_jpeg_quality
     write_slide(out / rel_path, slide.image, params.mpp, quality,
                 f"pathosae synthetic slide {plan.slide_id} (seed {seed})")
     write_phenotype_map(out / "ground_truth", plan.slide_id, slide.classes, params.mpp)
     record = {
-        "slide_id": plan.slide_id,
+        SLIDE_ID: plan.slide_id,
         "path": rel_path,
-        "patient_id": plan.patient_id,
+        PATIENT_ID: plan.patient_id,
         "label": plan.label,
         "site": site_name(plan.site),
         "scanner": scanner_name(plan.scanner),
         "stain_batch": batch_name(plan.site, plan.stain_batch),
-        "split": plan.split,
+        SPLIT: plan.split,
         "site_matches_label": plan.site_matches_label,
         "mpp": params.mpp,
         "seed": seed,
         "slide_index": plan.index,
         **slide.record,
-        "settings_hash": digest,
+        SETTINGS_HASH: digest,
     }
     write_json_atomic(record_path, record)
     return record

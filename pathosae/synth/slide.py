@@ -106,7 +106,7 @@ def render_slide_regions(
     noise = rng.standard_normal(tissue.c_h.shape, dtype=np.float32)  # apply_scanner's own draw
     channel_noise = [sensor_noise(noise, c) for c in range(3)]
     height, width = tissue.c_h.shape
-    out = {name: [] for name in variants}
+    out: dict[str, list[np.ndarray]] = {name: [] for name in variants}
     for x, y in np.asarray(corners, dtype=np.int64).reshape(-1, 2):
         for name, effects in variants.items():
             scanner = effects.scanner[plan.scanner]

@@ -180,6 +180,7 @@ def apply_scanner(
         plane = curve[index]
         # One noise field, shifted per channel: independent-looking noise for a third of the draws.
         if channel_noise is None:
+            assert noise is not None  # drawn above when no channel noise is given
             plane += np.roll(noise, 7 * channel, axis=1) * np.float32(scanner.noise_sd)
         else:
             plane += channel_noise[..., channel] * np.float32(scanner.noise_sd)

@@ -2,11 +2,22 @@
 
 ``tile_slide`` tiles one slide; ``run_stage`` tiles a run's cohort into ``tiles/<slide_id>.h5``
 and ``qc/<slide_id>.png``; ``read_tile``/``load_tiles`` read the tiles back for later stages.
+Exports are lazy: a later stage reading tiles does not import the tiling stage.
 """
 
-from pathosae.tiling.reader import TileGeometry, load_tiles, read_tile
-from pathosae.tiling.slide import SlideTiles, tile_slide
-from pathosae.tiling.stage import run_stage, tile_cohort
+from __future__ import annotations
+
+from pathosae._lazy import lazy_exports
+
+_EXPORTS = {
+    "SlideTiles": "pathosae.tiling.slide",
+    "TileGeometry": "pathosae.tiling.reader",
+    "load_tiles": "pathosae.tiling.reader",
+    "read_tile": "pathosae.tiling.reader",
+    "run_stage": "pathosae.tiling.stage",
+    "tile_cohort": "pathosae.tiling.stage",
+    "tile_slide": "pathosae.tiling.slide",
+}
 
 __all__ = [
     "SlideTiles",
@@ -17,3 +28,5 @@ __all__ = [
     "tile_cohort",
     "tile_slide",
 ]
+
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -21,6 +21,7 @@ from PIL import Image
 
 from pathosae.errors import StageError
 from pathosae.run import RunDir
+from pathosae.schema import SETTINGS_HASH, SLIDE_ID
 
 # Downscaling filter when the read edge differs from tile_px. PIL's LANCZOS widens its kernel by
 # the scale factor, so it is antialiased (no aliasing of nuclei edges at 2x or 4x reductions).
@@ -73,7 +74,7 @@ class TileGeometry:
                 "version of `pathosae tile`. Fix: delete it and rerun `pathosae tile`."
             )
         return cls(
-            slide_id=_as_str(attrs["slide_id"]),
+            slide_id=_as_str(attrs[SLIDE_ID]),
             slide_path=_as_str(attrs["slide_path"]),
             source_mpp=float(attrs["source_mpp"]),
             target_mpp=float(attrs["target_mpp"]),
@@ -82,7 +83,7 @@ class TileGeometry:
             read_level=int(attrs["read_level"]),
             read_size_px=int(attrs["read_size_px"]),
             tissue_threshold=float(attrs["tissue_threshold"]),
-            settings_hash=_as_str(attrs["settings_hash"]),
+            settings_hash=_as_str(attrs[SETTINGS_HASH]),
             pathosae_version=_as_str(attrs["pathosae_version"]),
         )
 

@@ -16,6 +16,7 @@ import pathosae
 from pathosae.config import TilingConfig
 from pathosae.errors import SlideError
 from pathosae.io import atomic_path, settings_hash
+from pathosae.schema import SETTINGS_HASH
 from pathosae.slides import open_slide, resolve_mpp
 from pathosae.tiling.geometry import grid_coords, plan_reads, tissue_fractions
 from pathosae.tiling.qc import render_qc, save_png_atomic
@@ -159,7 +160,7 @@ def finished_tiles(target: Path, digest: str) -> int | None:
         return None
     try:
         with h5py.File(target, "r") as h5:
-            if h5.attrs.get("settings_hash") != digest:
+            if h5.attrs.get(SETTINGS_HASH) != digest:
                 return None
             coords = h5["coords"]
             if coords.ndim != 2 or coords.shape[1] != 2:

@@ -16,6 +16,7 @@ from pathosae.config import PathosaeConfig, TilingConfig
 from pathosae.errors import SlideError, StageError
 from pathosae.io import settings_hash, write_text_atomic
 from pathosae.run import RunDir
+from pathosae.schema import SLIDE_ID
 from pathosae.tiling.slide import finished_tiles, slide_settings_hash, tile_slide
 from pathosae.types import OnError
 
@@ -48,11 +49,11 @@ def run_stage(
     run: RunDir, cfg: PathosaeConfig, on_error: OnError, slide_ids: list[str] | None = None
 ) -> dict[str, Any]:
     """Tile the run's cohort (or the shard ``slide_ids`` of it) into RUN/tiles/ and RUN/qc/."""
-    from pathosae.cohort import load_cohort
+    from pathosae.cohort.table import load_cohort
 
     cohort = load_cohort(run)
     if slide_ids is not None:
-        cohort = cohort[cohort["slide_id"].isin(slide_ids)]
+        cohort = cohort[cohort[SLIDE_ID].isin(slide_ids)]
     return tile_cohort(run, cohort, cfg.tiling, on_error, shard=slide_ids is not None)
 
 
@@ -74,7 +75,7 @@ def tile_cohort(
         outcomes.append(outcome)
         if outcome.status == "failed":
             failed.append(outcome)
-    _write_failed_table(run, failed, list(cohort["slide_id"]) if shard else None)
+    _write_failed_table(run, failed, list(cohort[SLIDE_ID]) if shard else None)
     if failed and on_error == "stop":
         first = failed[0]
         raise SlideError(first.slide_id, first.path, first.reason, _stop_fix(first.fix))
@@ -83,7 +84,7 @@ def tile_cohort(
         "n_slides": len(done),
         "n_tiles": int(sum(o.n_tiles for o in done)),
         "n_skipped_existing": len(existing),
-        "failed": [{"slide_id": o.slide_id, "path": o.path, "reason": o.reason} for o in failed],
+        "failed": [{SLIDE_ID: o.slide_id, "path": o.path, "reason": o.reason} for o in failed],
     }
 
 
@@ -91,7 +92,7 @@ def _plan_jobs(
     run: RunDir, cohort: pd.DataFrame, cfg: TilingConfig
 ) -> tuple[list[SlideJob], list[SlideOutcome]]:
     """Split the cohort into slides to tile and slides whose valid tiles already exist."""
-    missing = [c for c in ("slide_id", "path") if c not in cohort.columns]
+    missing = [c for c in (SLIDE_ID, "path") if c not in cohort.columns]
     if missing:
         raise StageError(
             f"the cohort table lacks column(s) {', '.join(missing)}. "
@@ -162,7 +163,7 @@ def _write_failed_table(
         target.unlink(missing_ok=True)
         return
     table = pd.DataFrame(
-        [{"slide_id": o.slide_id, "path": o.path, "reason": o.reason, "fix": o.fix} for o in failed]
+        [{SLIDE_ID: o.slide_id, "path": o.path, "reason": o.reason, "fix": o.fix} for o in failed]
     )
     write_text_atomic(target, table.to_csv(index=False))
 

@@ -15,13 +15,14 @@ import numpy as np
 import pandas as pd
 
 from pathosae.config import CohortConfig, PathosaeConfig
-from pathosae.errors import ManifestError, RowError, SlideError, StageError
+from pathosae.errors import ManifestError, RowError, SlideError
 from pathosae.io import sha256_file, write_parquet_atomic, write_text_atomic
 from pathosae.run import RunDir
+from pathosae.schema import PATIENT_ID, SLIDE_ID, SPLIT
 from pathosae.slides import open_slide
 from pathosae.types import OnError
 
-REQUIRED_COLUMNS = ("slide_id", "path")
+REQUIRED_COLUMNS = (SLIDE_ID, "path")
 SPLITS = ("train", "val", "test")
 # slide ids become file names (tiles/<slide_id>.h5), so they must be safe as one.
 _SAFE_ID = re.compile(r"^[^/\\\x00]+$")
@@ -72,9 +73,9 @@ def validate_manifest(
     _check_columns(manifest, frame, cfg)
     frame = frame.copy()
     frame["manifest_row"] = np.arange(len(frame)) + 2
-    if "patient_id" not in frame.columns:
-        frame["patient_id"] = frame["slide_id"]
-    frame.loc[frame["patient_id"] == "", "patient_id"] = frame["slide_id"]
+    if PATIENT_ID not in frame.columns:
+        frame[PATIENT_ID] = frame[SLIDE_ID]
+    frame.loc[frame[PATIENT_ID] == "", PATIENT_ID] = frame[SLIDE_ID]
     frame["path"] = [_resolve_path(manifest, p) for p in frame["path"]]
 
     errors = [
@@ -96,7 +97,7 @@ def validate_manifest(
     cohort["mpp"] = pd.to_numeric(cohort.get("mpp", pd.Series(dtype=str)), errors="coerce")
     if "mpp" not in frame.columns:
         cohort["mpp"] = np.nan
-    cohort["split"] = assign_splits(cohort, cfg, seed)
+    cohort[SPLIT] = assign_splits(cohort, cfg, seed)
     return cohort.reset_index(drop=True), sorted(errors, key=_error_order)
 
 
@@ -146,15 +147,15 @@ def _resolve_path(manifest: Path, value: str) -> str:
 def _check_ids(frame: pd.DataFrame) -> list[RowError]:
     errors = []
     seen: dict[str, int] = {}
-    for row, slide_id in zip(frame["manifest_row"], frame["slide_id"], strict=True):
+    for row, slide_id in zip(frame["manifest_row"], frame[SLIDE_ID], strict=True):
         if not slide_id:
-            errors.append(RowError(row, "slide_id", "empty slide id", "give every slide an id"))
+            errors.append(RowError(row, SLIDE_ID, "empty slide id", "give every slide an id"))
             continue
         if not _SAFE_ID.match(slide_id) or slide_id.startswith("."):
             errors.append(
                 RowError(
                     row,
-                    "slide_id",
+                    SLIDE_ID,
                     f"slide id {slide_id!r} cannot be used as a file name",
                     "use an id without '/', '\\' or a leading '.'",
                     slide_id,
@@ -164,7 +165,7 @@ def _check_ids(frame: pd.DataFrame) -> list[RowError]:
             errors.append(
                 RowError(
                     row,
-                    "slide_id",
+                    SLIDE_ID,
                     f"duplicate slide id (first used on row {seen[slide_id]})",
                     "make slide ids unique",
                     slide_id,
@@ -179,7 +180,7 @@ def _check_paths(frame: pd.DataFrame, cfg: CohortConfig, check_slides: bool) -> 
     errors = []
     extensions = {e.lower() for e in cfg.extensions}
     for row, slide_id, path in zip(
-        frame["manifest_row"], frame["slide_id"], frame["path"], strict=True
+        frame["manifest_row"], frame[SLIDE_ID], frame["path"], strict=True
     ):
         error = _path_error(row, slide_id, path, extensions, check_slides)
         if error is not None:
@@ -226,7 +227,7 @@ def _check_mpp(frame: pd.DataFrame) -> list[RowError]:
         return []
     errors = []
     for row, slide_id, value in zip(
-        frame["manifest_row"], frame["slide_id"], frame["mpp"], strict=True
+        frame["manifest_row"], frame[SLIDE_ID], frame["mpp"], strict=True
     ):
         if value == "":
             continue  # the slide's own metadata is used
@@ -253,7 +254,7 @@ def _check_labels(frame: pd.DataFrame, cfg: CohortConfig) -> list[RowError]:
     errors = []
     label = cfg.label
     for row, slide_id, value in zip(
-        frame["manifest_row"], frame["slide_id"], frame[label], strict=True
+        frame["manifest_row"], frame[SLIDE_ID], frame[label], strict=True
     ):
         if value == "" or value.lower() in ("nan", "na", "none", "null"):
             errors.append(
@@ -266,7 +267,7 @@ def _check_labels(frame: pd.DataFrame, cfg: CohortConfig) -> list[RowError]:
                 )
             )
     labelled = frame[frame[label] != ""]
-    for patient, group in labelled.groupby("patient_id", sort=False):
+    for patient, group in labelled.groupby(PATIENT_ID, sort=False):
         values = group[label].unique()
         if len(values) > 1:
             first = group.iloc[0]
@@ -280,40 +281,40 @@ def _check_labels(frame: pd.DataFrame, cfg: CohortConfig) -> list[RowError]:
                             f"{first[label]!r} on row {first['manifest_row']}",
                             "a patient has one label: correct it, or use distinct patient_id "
                             "values if these are different patients",
-                            item["slide_id"],
+                            item[SLIDE_ID],
                         )
                     )
     return errors
 
 
 def _check_split_column(frame: pd.DataFrame) -> list[RowError]:
-    if "split" not in frame.columns:
+    if SPLIT not in frame.columns:
         return []
     errors = []
     for row, slide_id, value in zip(
-        frame["manifest_row"], frame["slide_id"], frame["split"], strict=True
+        frame["manifest_row"], frame[SLIDE_ID], frame[SPLIT], strict=True
     ):
         if value and value not in SPLITS:
             errors.append(
                 RowError(
                     row,
-                    "split",
+                    SPLIT,
                     f"unknown split {value!r}",
                     "use train, val or test (or leave it empty for the automatic split)",
                     slide_id,
                 )
             )
-    given = frame[frame["split"].isin(SPLITS)]
-    for patient, group in given.groupby("patient_id", sort=False):
-        if group["split"].nunique() > 1:
+    given = frame[frame[SPLIT].isin(SPLITS)]
+    for patient, group in given.groupby(PATIENT_ID, sort=False):
+        if group[SPLIT].nunique() > 1:
             row = int(group.iloc[-1]["manifest_row"])
             errors.append(
                 RowError(
                     row,
-                    "split",
+                    SPLIT,
                     f"patient {patient!r} is in several splits ({', '.join(group['split'])})",
                     "put all slides of a patient in one split (splits are by patient)",
-                    group.iloc[-1]["slide_id"],
+                    group.iloc[-1][SLIDE_ID],
                 )
             )
     return errors
@@ -325,7 +326,7 @@ def assign_splits(cohort: pd.DataFrame, cfg: CohortConfig, seed: int) -> pd.Seri
     Patients are shuffled within each label and dealt out so each split gets its fraction of
     every label (a slide never shares a patient with another split).
     """
-    split = cohort["split"].copy() if "split" in cohort.columns else pd.Series("", cohort.index)
+    split = cohort[SPLIT].copy() if SPLIT in cohort.columns else pd.Series("", cohort.index)
     split = split.where(split.isin(SPLITS), "")
     todo = cohort[split == ""]
     if todo.empty:
@@ -335,13 +336,13 @@ def assign_splits(cohort: pd.DataFrame, cfg: CohortConfig, seed: int) -> pd.Seri
     strata = todo[cfg.label] if cfg.label else pd.Series("all", index=todo.index)
     patient_split: dict[str, str] = {}
     for _, group in todo.groupby(strata, sort=True):
-        patients = np.array(sorted(group["patient_id"].unique()), dtype=object)
+        patients = np.array(sorted(group[PATIENT_ID].unique()), dtype=object)
         rng.shuffle(patients)
         counts = _split_counts(len(patients), fractions.train, fractions.val)
         for i, patient in enumerate(patients):
             name = "train" if i < counts[0] else "val" if i < counts[0] + counts[1] else "test"
             patient_split.setdefault(patient, name)
-    split.loc[todo.index] = todo["patient_id"].map(patient_split)
+    split.loc[todo.index] = todo[PATIENT_ID].map(patient_split)
     return split
 
 
@@ -357,11 +358,11 @@ def _split_counts(n: int, train: float, val: float) -> tuple[int, int]:
 def errors_table(errors: list[RowError]) -> pd.DataFrame:
     return pd.DataFrame(
         [
-            {"row": e.row, "slide_id": e.slide_id, "column": e.column, "problem": e.message,
+            {"row": e.row, SLIDE_ID: e.slide_id, "column": e.column, "problem": e.message,
              "fix": e.fix}
             for e in errors
         ],
-        columns=["row", "slide_id", "column", "problem", "fix"],
+        columns=["row", SLIDE_ID, "column", "problem", "fix"],
     )
 
 
@@ -374,27 +375,11 @@ def build_cohort(
     write_text_atomic(run.cohort_errors_path, errors_table(errors).to_csv(index=False))
     return {
         "n_slides": len(cohort),
-        "n_patients": int(cohort["patient_id"].nunique()),
-        "splits": {k: int(v) for k, v in cohort["split"].value_counts().sort_index().items()},
+        "n_patients": int(cohort[PATIENT_ID].nunique()),
+        "splits": {k: int(v) for k, v in cohort[SPLIT].value_counts().sort_index().items()},
         "skipped": [e.slide_id or f"row {e.row}" for e in errors],
         "manifest_sha256": sha256_file(manifest),
     }
-
-
-def run_stage(run: RunDir, cfg: PathosaeConfig, on_error: OnError) -> dict[str, object]:
-    """Pipeline entry: the manifest is the one recorded in run.json when the run was created."""
-    manifest = run.read_state().get("manifest")
-    if not manifest:
-        raise StageError(
-            f"{run.run_json} names no manifest. Fix: start the run with "
-            "`pathosae run --manifest cohort.csv --out RUN`."
-        )
-    return build_cohort(run, manifest, cfg, on_error)
-
-
-def load_cohort(run: RunDir) -> pd.DataFrame:
-    """The validated cohort table of a run (written by the cohort stage)."""
-    return pd.read_parquet(run.require(run.cohort_path, "cohort"))
 
 
 _TCGA_BARCODE = re.compile(r"^TCGA-([A-Z0-9]{2})-([A-Z0-9]{4})(?:-|$)", re.IGNORECASE)
@@ -412,4 +397,4 @@ def tcga_fields(barcode: str) -> dict[str, str]:
             "barcode, e.g. TCGA-A2-A0T2-01Z-00-DX1"
         )
     site, participant = (g.upper() for g in match.groups())
-    return {"site": site, "patient_id": f"TCGA-{site}-{participant}"}
+    return {"site": site, PATIENT_ID: f"TCGA-{site}-{participant}"}

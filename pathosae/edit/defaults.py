@@ -1,0 +1,155 @@
+"""The edit stage's default edits and the candidates it measures.
+
+Per confounder: ablate its flagged units, project out its mean-difference directions, LEACE (a
+baseline); random-unit draws of the same sizes; ComBat; stain normalisation when the run has
+stain-normalised features. With ``edit.fit_on: train`` the units and directions come from a scan
+of the training slides only (:func:`training_scan`), so no test label shapes an edit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+
+from pathosae.config import PathosaeConfig
+from pathosae.confounders.aggregate import aggregate_by_group
+from pathosae.confounders.directions import mean_difference_directions
+from pathosae.confounders.scan import add_qvalues, association_scan
+from pathosae.downstream.bags import Bags
+from pathosae.downstream.splits import Splits, cohort_splits, train_tile_metadata
+from pathosae.edit.config import EditConfig
+from pathosae.edit.editor import Editor
+from pathosae.edit.effects import (
+    Candidate,
+    SplitsEdit,
+    combat_candidate,
+    editor_candidate,
+    missing_candidate,
+    replacement_candidate,
+)
+from pathosae.edit.spec import Ablate, EditSpec, Leace, ProjectOut, RandomUnits
+from pathosae.features import FeatureStore
+from pathosae.inputs import load_run_bags
+from pathosae.run import RunDir
+from pathosae.sae.base import SAE
+from pathosae.sae.metrics import encode_rows
+
+
+def default_specs(
+    variables: list[str], associations: pd.DataFrame | None, directions: dict[str, np.ndarray],
+    ecfg: EditConfig,
+) -> tuple[list[tuple[EditSpec, str]], dict[str, int]]:
+    """Per confounder: ablate its flagged units, project out its mean-difference directions,
+    LEACE (a baseline); returns (spec, kind) pairs and the flagged count per variable."""
+    specs: list[tuple[EditSpec, str]] = []
+    counts: dict[str, int] = {}
+    for var in variables:
+        units = flagged_ranked(associations, var, ecfg.flag_alpha)[: ecfg.max_flagged_units]
+        counts[var] = len(units)
+        if units:
+            specs.append((EditSpec(name=f"ablate_flagged_{var}", ops=[Ablate(units=units)]), "edit"))
+        if f"{var}.mean_difference" in directions:
+            specs.append((EditSpec(name=f"project_out_{var}",
+                                   ops=[ProjectOut(name=f"{var}.mean_difference")]), "edit"))
+        specs.append((EditSpec(name=f"leace_{var}", ops=[Leace(concept=var)]), "baseline"))
+    return specs, counts
+
+
+def flagged_ranked(associations: pd.DataFrame | None, variable: str, alpha: float) -> list[int]:
+    """Units with q ≤ alpha for ``variable`` at slide level, smallest q first."""
+    if associations is None or "q" not in associations:
+        return []
+    table = associations[(associations["variable"] == variable) & (associations["q"] <= alpha)]
+    if "level" in table:
+        table = table[table["level"] == "slide"]
+    best = table.groupby("unit")["q"].min().sort_values(kind="stable")
+    return [int(u) for u in best.index]
+
+
+def training_scan(
+    train: Bags, sae: SAE, variables: list[str], site_column: str
+) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Association scan of the SAE units and mean-difference directions on training slides only.
+
+    Units: slide-aggregated codes (mean, fraction active) against each confounder with the label
+    as a covariate, BH q over the whole table. Directions: per level, the class-conditional mean
+    difference of the training embeddings (``<variable>.mean_difference``, levels × dims).
+    """
+    codes = encode_rows(sae, train.x).numpy()
+    order, summaries = aggregate_by_group(codes, train.slide.numpy().astype(str), ("mean", "frac_active"))
+    slides = pd.DataFrame({"label": np.array(train.classes)[train.y.numpy()], site_column: train.site,
+                           **train.meta}).iloc[np.asarray(order, dtype=int)].reset_index(drop=True)
+    tile_labels = train.tile_y().numpy()
+    tables, directions = [], {}
+    for var in variables:
+        if slides[var].nunique() < 2:
+            continue
+        for name, matrix in summaries.items():
+            tables.append(association_scan(matrix, slides, [var], covariates=["label"])
+                          .assign(aggregation=name, level="slide"))
+        levels = train.tile_site() if var == site_column else train.meta[var][train.slide.numpy()]
+        directions[f"{var}.mean_difference"] = mean_difference_directions(
+            train.x.double().numpy(), levels, condition=tile_labels
+        )[0].astype(np.float32)
+    table = add_qvalues(pd.concat(tables, ignore_index=True)) if tables else None
+    return table, directions
+
+
+def build_candidates(
+    specs: list[tuple[EditSpec, str]], counts: dict[str, int], sae: SAE,
+    directions: dict[str, np.ndarray], ecfg: EditConfig, stain_features: object | None,
+) -> list[Candidate]:
+    """Candidates for the specs, random-unit draws matching each flagged-unit edit, ComBat and
+    stain normalisation (missing unless stain-normalised features exist)."""
+    out = [editor_candidate(s.name, kind, Editor(s, sae, directions), train_tile_metadata)
+           for s, kind in specs]
+    for i, (var, n) in enumerate(counts.items()):
+        for draw in range(ecfg.random_draws if n else 0):
+            # Each confounder gets its own draws (equal sizes would otherwise repeat them).
+            seed = ecfg.seed + 1000 * i + draw
+            spec = EditSpec(name=f"random_units_{var}_{draw}", ops=[RandomUnits(count=n, seed=seed)])
+            out.append(editor_candidate(spec.name, "random", Editor(spec, sae), train_tile_metadata, draw))
+    out.append(combat_candidate(ecfg.site_column))
+    if isinstance(stain_features, Splits):
+        out.append(replacement_candidate("stain_normalisation", stain_features))
+    else:
+        out.append(missing_candidate(
+            "stain_normalisation",
+            str(stain_features or "stain normalisation acts on pixels: it needs features embedded "
+                "from normalised tiles (embedding.baselines: [stain_normalised])"),
+        ))
+    return out
+
+
+def ticking(candidates: list[Candidate], tick: Callable[[str], None]) -> list[Candidate]:
+    """The same candidates, each calling ``tick(name)`` when its edit starts (a progress bar
+    over the effect table, which measures the candidates in order); nothing else changes."""
+    return [dataclasses.replace(c, edit=_ticked(c.edit, c.name, tick)) if c.edit is not None else c
+            for c in candidates]
+
+
+def _ticked(edit: SplitsEdit, name: str, tick: Callable[[str], None]) -> SplitsEdit:
+    def run(splits: Splits) -> Splits:
+        tick(name)
+        return edit(splits)
+
+    return run
+
+
+def stain_normalised_splits(run: RunDir, cfg: PathosaeConfig, ecfg: EditConfig) -> Splits | str:
+    """The same slides and sampled tiles from the stain-normalised features, or why not."""
+    name = cfg.embedding.stainnorm_name()
+    folder = run.features_dir(name)
+    if not folder.is_dir():
+        return (f"no stain-normalised features (RUN/features/{name}); set embedding.baselines: "
+                "[stain_normalised] and re-run the embed stage")
+    main, stain = FeatureStore(run, cfg.embedding.encoder), FeatureStore(run, name)
+    if stain.counts() != main.counts():
+        return (f"RUN/features/{name} does not hold the same slides and tiles as the main "
+                "features (embedding unfinished?); re-run the embed stage")
+    bags = load_run_bags(run, cfg, ecfg.site_column, ecfg.downstream.max_tiles_per_slide,
+                         ecfg.seed, ecfg.confounders or list(cfg.cohort.confounders), features=name)
+    return cohort_splits(bags, ecfg)[0]
