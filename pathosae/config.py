@@ -287,8 +287,8 @@ class ConfoundersConfig(Section):
     k_neighbors: int = Field(10, ge=1, description="k of the PathoROB robustness index.")
     cv_folds: int = Field(5, ge=2, description="Cross-validation folds of the leakage probes.")
     chance_permutations: int = Field(
-        20, ge=1, description="Label permutations giving each leakage probe's chance level "
-        "(mean and upper percentile); each costs one probe fit.")
+        5, ge=1, description="Label permutations giving each leakage probe's chance level "
+        "(mean and upper percentile); each costs one probe fit per representation.")
     probe_level: Literal["slide", "tile"] = Field(
         "slide", description="Probe slide-level means (default) or sampled tiles."
     )
