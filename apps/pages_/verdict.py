@@ -84,15 +84,12 @@ def comparison(verdict: Verdict) -> None:
         lines.append(f"- **best baseline**, {fix_title(baseline.name)} ({baseline.mode}): "
                      f"{fix_line(baseline, level)}")
     lines.append(f"- {random_band_line(verdict)}")
-    table = fixes_table(verdict)
+    st.markdown("\n".join(lines))
     figure = forest_png(verdict)
-    if figure is None:
-        st.markdown("\n".join(lines))
-    else:
-        left, right = st.columns([3, 2])
-        left.image(figure, caption="Every fix on the shifted test with its interval; no edit "
-                   "dashed, random units shaded, the best ◆ ★.")
-        right.markdown("\n".join(lines))
+    if figure is not None:  # natural size (one panel per mode), at most the page's width
+        st.image(figure, width="content", caption="Every fix on the shifted test with its "
+                 "interval; no edit dashed, random units shaded, the best ◆ ★.")
+    table = fixes_table(verdict)
     if table.empty:
         st.caption("No edit or baseline has been measured for this confounder.")
         return

@@ -91,10 +91,15 @@ def best_baseline(verdict: Verdict) -> Fix | None:
 
 
 def random_band_line(verdict: Verdict) -> str:
-    if verdict.random_band is None:
+    """The random-unit draws' band of shifted-test balanced accuracy, per mode when several."""
+    bands = verdict.random_band_by_mode or (
+        {verdict.best.mode if verdict.best else "": verdict.random_band}
+        if verdict.random_band is not None else {})
+    if not bands:
         return "no random-unit draws for this confounder"
-    low, high = verdict.random_band
-    return f"random units of the same size: balanced accuracy {low:.2f}–{high:.2f}"
+    shown = "; ".join(f"{f'({mode}) ' if len(bands) > 1 else ''}{low:.2f}–{high:.2f}"
+                      for mode, (low, high) in bands.items())
+    return f"random units of the same size: balanced accuracy {shown}"
 
 
 def fixes_table(verdict: Verdict) -> pd.DataFrame:
