@@ -171,13 +171,26 @@ class SAEControlsConfig(Section):
         description="Same SAE on per-dimension permutation nulls (within and between slides).",
     )
     seed_stability: bool = Field(
-        True, description="Train a second seed and match decoder atoms (Hungarian)."
+        True, description="Train more seeds and match decoder atoms (Hungarian): per-unit "
+        "stability (RUN/sae/<name>/stability.parquet).",
+    )
+    stability_seeds: int = Field(
+        3, ge=2, description="Seeds compared for unit stability (the main SAE's and the next).",
+    )
+    stable_cosine: float = Field(
+        0.7, gt=0, le=1, description="A unit is stable when every other seed has a unit "
+        "matching its decoder atom at this |cosine| or more.",
     )
     concept_coverage: bool = Field(
         True, description="Best single unit's AUROC per phenotype / confounder, and units > 0.9."
     )
     max_rows: int = Field(
         200_000, ge=1000, description="Rows sampled for permutation controls (held in RAM)."
+    )
+    max_samples: int | None = Field(
+        None, ge=1, description="Training samples of each null and random-encoder control SAE "
+        "(the stability seeds train in full); null: as many as the main SAE. Each control's "
+        "seconds are in the stage summary.",
     )
 
 
@@ -190,7 +203,7 @@ class SAEConfig(Section):
     )
     architecture: str = Field(
         "topk", description="Architecture for library calls: topk, batchtopk, relu, jumprelu, "
-        "matryoshka.",
+        "matryoshka, topk_offsets, topk_reserved (the last two are confounder-aware).",
     )
     encoder: str | None = Field(
         None, description="Features of this encoder; null: the embedding section's encoder."
@@ -205,6 +218,24 @@ class SAEConfig(Section):
     matryoshka_prefixes: list[int] = Field(
         default_factory=list,
         description="Matryoshka prefix sizes; empty: d_sae/16, d_sae/8, d_sae/4, d_sae/2, d_sae.",
+    )
+    confounder_columns: list[str] | None = Field(
+        None, description="Confounder-aware SAEs (topk_offsets, topk_reserved): the cohort "
+        "columns they are conditioned on (levels from the train split only); null: "
+        "cohort.confounders.",
+    )
+    reserved_per_level: int = Field(
+        2, ge=1, description="topk_reserved: latents reserved per level of each confounder (a "
+        "block of this x n_levels latents per confounder, outside the TopK budget k).",
+    )
+    supervised_coefficient: float = Field(
+        1.0, ge=0, description="topk_reserved: weight of the cross-entropy of each block's "
+        "linear read-out predicting its confounder's level.",
+    )
+    independence_coefficient: float = Field(
+        10.0, ge=0, description="topk_reserved: weight of the linear-kernel HSIC (squared "
+        "cross-covariance) between the free latents and each confounder's one-hot, centred "
+        "within label.",
     )
     lr: float | None = Field(
         None, gt=0, description="Adam learning rate; null: 2e-4 / sqrt(d_sae / 2^14)."
@@ -225,7 +256,13 @@ class SAEConfig(Section):
     init_samples: int = Field(
         16_384, ge=1, description="Rows for the geometric median and the input scale."
     )
-    eval_max_rows: int = Field(100_000, ge=1, description="Held-out rows used for metrics.")
+    eval_max_rows: int = Field(
+        100_000, ge=1, description="Held-out rows used for metrics (a seeded draw when more)."
+    )
+    max_train_rows: int = Field(
+        200_000, ge=1, description="Training tiles held in memory (a seeded uniform draw over "
+        "the train slides when the cohort has more); bounds the stage's memory.",
+    )
     dense_threshold: float = Field(
         0.1, gt=0, le=1, description="A latent is dense if it fires on more than this share."
     )
@@ -281,6 +318,14 @@ class ConfoundersConfig(Section):
         10, ge=0, description="Top hits per column confirmed by a mixed model and a permutation."
     )
     n_permutations: int = Field(999, ge=9, description="Permutations of slide-level labels.")
+    specificity_permutations: int = Field(
+        20, ge=0, description="Permutations of each confounder among the patients of each label "
+        "level: the null of the effect beyond the label (0: no specificity test).",
+    )
+    min_effect: float = Field(
+        0.1, ge=0, le=1, description="Smallest effect beyond the label (partial eta²: share of "
+        "a unit's slide-level variance the confounder explains after the label) of a finding.",
+    )
     confirm_tiles_per_slide: int = Field(
         16, ge=1, description="Tiles per slide sampled for the mixed-model confirmation."
     )
@@ -325,10 +370,10 @@ class PathosaeConfig(Section):
     seed: int = 0
     ground_truth: Path | None = Field(
         default=None,
-        description="Folder of a synthetic cohort's ground truth, written by `pathosae synth` as "
-        "<out>/ground_truth; when set, the sae stage adds phenotype concepts and the confounders "
-        "stage scores flagged units against the planted effects; nothing searches the file "
-        "system for it.",
+        description="Folder of a synthetic cohort's ground truth, written by `pathosae synth` "
+        "(slides) or `pathosae synth-features` (features only) as <out>/ground_truth; when set, "
+        "the sae stage adds planted concepts and the confounders stage scores flagged units "
+        "against the planted effects; nothing searches the file system for it.",
     )
     cohort: CohortConfig = Field(default_factory=_defaults(CohortConfig))
     tiling: TilingConfig = Field(default_factory=_defaults(TilingConfig))
@@ -456,3 +501,10 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     return value
+
+
+def analysed_features(cfg: PathosaeConfig) -> str:
+    """The feature set (RUN/features/<name>) the SAE is trained on and every later stage reads:
+    ``sae.encoder`` when set, else the embedding section's folder (``embedding.name`` for
+    imported features, else the encoder id)."""
+    return cfg.sae.encoder or cfg.embedding.features_name()

@@ -1,9 +1,9 @@
 """Reading the feature store of a run, and adopting feature folders made by TRIDENT or CLAM.
 
 Stages after embedding go through :class:`FeatureStore`: per-slide loads, a per-tile index with
-the cohort's columns, and ``matrix()``, a memory-mapped float32 matrix of every tile's features
-built once and reused while the per-slide files are unchanged, so no stage needs all features in
-RAM.
+the cohort's columns, and ``matrix()``, a lazily read view of every tile's features that reads
+the rows asked for from the per-slide files. Nothing is copied beside the per-slide files and no
+stage needs all features in RAM. Imports stream one file at a time.
 """
 
 from __future__ import annotations
@@ -15,19 +15,19 @@ from typing import Any, Literal
 import h5py
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from pathosae.cohort.table import load_cohort
 from pathosae.embedding.h5files import read_attrs, write_feature_file
 from pathosae.errors import PathosaeError, StageError
 from pathosae.fingerprint import file_stats
-from pathosae.io import atomic_path, read_json, settings_hash, sha256_file, write_json_atomic
+from pathosae.io import settings_hash, sha256_file
 from pathosae.run import RunDir
 from pathosae.schema import SETTINGS_HASH, SLIDE_ID
 
 MATRIX_NAME = "_matrix.npy"
 MATRIX_MANIFEST = "_matrix.json"
 _COHORT_COLUMNS_LEFT_OUT = ("path", "manifest_row")
-_ROWS_PER_COPY = 65_536
 
 
 class FeatureStore:
@@ -113,54 +113,113 @@ class FeatureStore:
             }))
         index = pd.concat(frames, ignore_index=True)
         index.insert(1, "row", np.arange(len(index), dtype=np.int64))
-        if self._cohort is not None:
-            extra = self._cohort.drop(columns=[c for c in (*_COHORT_COLUMNS_LEFT_OUT, SLIDE_ID)
-                                               if c in self._cohort.columns])
-            index = index.join(extra, on=SLIDE_ID)
-        return index
+        return self._with_cohort(index)
 
-    def matrix(self) -> np.memmap:
-        """All features, float32, rows in ``index()`` order, memory-mapped from disk.
+    def matrix(self) -> StoreRows:
+        """All features as one row-indexable matrix (rows in ``index()`` order), read lazily.
 
-        Built once into ``_matrix.npy`` (atomically) and reused while the per-slide files are
-        unchanged (same names, sizes and modification times, same order).
+        Nothing is copied: slices and index arrays read the rows from the per-slide files, so
+        memory follows what is read, not the cohort. A ``_matrix.npy`` copy left by an older
+        version is removed (it doubled the disk for nothing).
         """
-        target = self.folder / MATRIX_NAME
-        manifest = self.folder / MATRIX_MANIFEST
-        fingerprint = self.fingerprint()
-        if target.is_file() and manifest.is_file():
-            try:
-                if read_json(manifest).get("fingerprint") == fingerprint:
-                    return np.load(target, mmap_mode="r")
-            except (OSError, ValueError):
-                pass
-        manifest.unlink(missing_ok=True)
-        with atomic_path(target) as tmp:
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
-                                            shape=(self.n_tiles, self.dim))
-            row = 0
-            for slide_id in self.slide_ids:
-                row = self._copy_into(out, row, slide_id)
-            out.flush()
-            del out
-        write_json_atomic(manifest, {"fingerprint": fingerprint, "slide_ids": self.slide_ids,
-                                     "n_tiles": self.n_tiles, "dim": self.dim})
-        return np.load(target, mmap_mode="r")
+        for stale in (MATRIX_NAME, MATRIX_MANIFEST):
+            (self.folder / stale).unlink(missing_ok=True)
+        return StoreRows(self)
 
-    def _copy_into(self, out: np.memmap, row: int, slide_id: str) -> int:
+    def offsets(self) -> np.ndarray:
+        """First row of each slide in ``matrix()`` order, and the total (len = slides + 1)."""
+        counts = [self._shapes[s][0] for s in self.slide_ids]
+        return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+    def read_rows(self, slide_id: str, local_rows: np.ndarray) -> np.ndarray:
+        """float32 features of the given rows of one slide (any order; one contiguous read)."""
+        local_rows = np.asarray(local_rows, dtype=np.int64)
+        if not len(local_rows):
+            return np.zeros((0, self.dim), dtype=np.float32)
+        lo, hi = int(local_rows.min()), int(local_rows.max()) + 1
         with h5py.File(self.path(slide_id), "r") as h5:
-            feats = h5["features"]
-            for start in range(0, feats.shape[0], _ROWS_PER_COPY):
-                block = np.asarray(feats[start : start + _ROWS_PER_COPY], dtype=np.float32)
-                out[row : row + len(block)] = block
-                row += len(block)
-        return row
+            block = np.asarray(h5["features"][lo:hi], dtype=np.float32)
+        return block[local_rows - lo]
+
+    def slide_values(self, column: str) -> np.ndarray:
+        """One cohort column, one value per stored slide (``slide_ids`` order)."""
+        if self._cohort is None or column not in self._cohort.columns:
+            raise StageError(f"the cohort of {self.folder} has no column {column!r}. Fix: add it "
+                             "to the manifest and rerun `pathosae cohort`.")
+        return self._cohort.loc[self.slide_ids, column].to_numpy()
+
+    def tile_frame(self, rows: np.ndarray) -> pd.DataFrame:
+        """``index()`` for the given global rows only (sorted), without building the whole index."""
+        rows = np.asarray(rows, dtype=np.int64)
+        offsets = self.offsets()
+        slide_pos = np.searchsorted(offsets, rows, side="right") - 1
+        frames = []
+        for pos in np.unique(slide_pos):
+            slide_id = self.slide_ids[int(pos)]
+            local = rows[slide_pos == pos] - offsets[pos]
+            with h5py.File(self.path(slide_id), "r") as h5:
+                coords = np.asarray(h5["coords"][:], dtype=np.int64).reshape(-1, 2)[local]
+            frames.append(pd.DataFrame({SLIDE_ID: slide_id, "tile": local,
+                                        "x": coords[:, 0], "y": coords[:, 1]}))
+        frame = (pd.concat(frames, ignore_index=True) if frames else
+                 pd.DataFrame({SLIDE_ID: [], "tile": [], "x": [], "y": []}))
+        frame.insert(1, "row", rows)
+        return self._with_cohort(frame)
+
+    def _with_cohort(self, frame: pd.DataFrame) -> pd.DataFrame:
+        if self._cohort is None:
+            return frame
+        extra = self._cohort.drop(columns=[c for c in (*_COHORT_COLUMNS_LEFT_OUT, SLIDE_ID)
+                                           if c in self._cohort.columns])
+        return frame.join(extra, on=SLIDE_ID)
 
     def fingerprint(self) -> str:
         """Every slide's file size and mtime: changes when any feature file is rewritten."""
         stats = file_stats(self.path(s) for s in self.slide_ids)
         return settings_hash([[sid, size, mtime] for sid, (_, size, mtime)
                               in zip(self.slide_ids, stats, strict=True)])
+
+
+class StoreRows:
+    """Rows of a feature store as one lazily read float32 matrix (what ``matrix()`` returns).
+
+    Supports ``shape``, ``dtype``, ``ndim``, ``len`` and indexing by a slice, an integer or an
+    index array (any order); each request reads only the slides it touches, one contiguous block
+    per slide.
+    """
+
+    def __init__(self, store: FeatureStore) -> None:
+        self.store = store
+        self._offsets = store.offsets()
+        self.shape = (int(self._offsets[-1]), store.dim)
+        self.dtype = np.dtype(np.float32)
+        self.ndim = 2
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, item: slice | int | np.ndarray) -> np.ndarray:
+        if isinstance(item, slice):
+            return self._take(np.arange(*item.indices(self.shape[0]), dtype=np.int64))
+        if np.isscalar(item):
+            return self._take(np.array([int(item)]))[0]  # type: ignore[arg-type]
+        return self._take(np.asarray(item, dtype=np.int64))
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        del copy  # a fresh array is always returned
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+    def _take(self, rows: np.ndarray) -> np.ndarray:
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.shape[0]):
+            raise IndexError(f"row index out of range for {self.shape[0]} feature rows")
+        out = np.empty((len(rows), self.shape[1]), dtype=np.float32)
+        slide_pos = np.searchsorted(self._offsets, rows, side="right") - 1
+        for pos in np.unique(slide_pos):
+            where = np.flatnonzero(slide_pos == pos)
+            local = rows[where] - self._offsets[pos]
+            out[where] = self.store.read_rows(self.store.slide_ids[int(pos)], local)
+        return out
 
 
 # ---- import of TRIDENT / CLAM feature folders ---------------------------------------------------
@@ -192,12 +251,10 @@ def import_features(
             f"(e.g. {cohort_ids[0] if cohort_ids else '?'}.h5). Fix: files must be named "
             "<slide_id>.h5 with the manifest's slide ids."
         )
-    arrays = {s: read_foreign_file(files[s]) for s in matched}
-    dims = {feats.shape[1] for feats, _ in arrays.values()}
-    if len(dims) != 1:
-        raise PathosaeError(f"files in {folder} have different feature widths {sorted(dims)}. "
-                            "Fix: import one encoder's folder at a time.")
-    for slide_id, (feats, coords) in arrays.items():
+    dim = _common_width(folder, [files[s] for s in matched])
+    for slide_id in tqdm(matched, desc=f"import {name}", unit="slide", leave=False,
+                         mininterval=1.0):
+        feats, coords = read_foreign_file(files[slide_id])  # one file in memory at a time
         write_feature_file(
             run.features_path(name, slide_id), feats, coords,
             {"encoder": name, "dim": feats.shape[1], "dtype": "float32", "pooling": "unknown",
@@ -208,10 +265,29 @@ def import_features(
         "features": name,
         "folder": str(folder),
         "imported": len(matched),
-        "dim": dims.pop(),
+        "dim": dim,
         "not_in_cohort": sorted(set(files) - set(cohort_ids)),
         "cohort_without_file": [s for s in cohort_ids if s not in files],
     }
+
+
+def _common_width(folder: Path, paths: list[Path]) -> int:
+    """The one feature width of all files, read from their headers before any is copied."""
+    widths: dict[int, Path] = {}
+    for path in paths:
+        try:
+            with h5py.File(path, "r") as h5:
+                shape = h5["features"].shape if "features" in h5 else ()
+        except OSError as exc:
+            raise PathosaeError(f"{path} is not a readable HDF5 file ({exc}). Fix: re-copy "
+                                "it.") from None
+        if shape:
+            widths.setdefault(int(shape[-1]), path)
+    if len(widths) > 1:
+        examples = ", ".join(f"{w} ({p.name})" for w, p in sorted(widths.items()))
+        raise PathosaeError(f"files in {folder} have different feature widths: {examples}. "
+                            "Fix: import one encoder's folder at a time.")
+    return next(iter(widths), 0)
 
 
 def locate_feature_folder(fmt: FeatureFormat, src: Path) -> tuple[Path, str]:

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from pathosae.cohort.table import load_cohort
-from pathosae.config import PathosaeConfig
-from pathosae.downstream.bags import Bags
+from pathosae.config import PathosaeConfig, analysed_features
+from pathosae.downstream.bags import Bags, capped_rows, per_slide_cap
 from pathosae.errors import StageError
 from pathosae.features import FeatureStore
 from pathosae.run import RunDir
 from pathosae.schema import SAE_WEIGHTS
 
-__all__ = ["load_cohort", "load_run_bags", "select_sae_dir"]
+__all__ = ["analysed_features", "load_cohort", "load_run_bags", "select_sae_dir"]
 
 
 def select_sae_dir(run: RunDir, name: str | None) -> Path:
@@ -40,17 +42,21 @@ def select_sae_dir(run: RunDir, name: str | None) -> Path:
 def load_run_bags(
     run: RunDir, cfg: PathosaeConfig, site_column: str, max_tiles_per_slide: int, seed: int,
     confounders: list[str] | None = None, features: str | None = None,
+    max_tiles: int | None = None,
 ) -> Bags:
     """All slides of a feature set of the run (default: the encoder's) as bags with label, site
-    and confounder columns; at most ``max_tiles_per_slide`` seeded tiles per slide."""
-    name = features or cfg.embedding.encoder
+    and confounder columns; at most ``max_tiles_per_slide`` seeded tiles per slide and
+    ``max_tiles`` in all (the per-slide cap shrinks to fit). Only the kept tiles are read."""
+    name = features or analysed_features(cfg)
     run.require(run.features_dir(name), "embed")
     if cfg.cohort.label is None:
         raise StageError("the cohort has no label column (cohort.label is null). Fix: set it.")
     store = FeatureStore(run, name)
-    index = store.index()
+    counts = np.diff(store.offsets())
+    cap = per_slide_cap(len(counts), max_tiles_per_slide, max_tiles)
+    rows = capped_rows(counts, cap, seed)
+    index = store.tile_frame(rows)
     wanted = confounders if confounders is not None else cfg.cohort.confounders
     extra = tuple(c for c in wanted if c in index.columns and c != site_column)
-    return Bags.from_tiles(
-        store.matrix(), index, cfg.cohort.label, site_column, max_tiles_per_slide, seed, extra
-    )
+    return Bags.from_tiles(store.matrix()[rows], index, cfg.cohort.label, site_column, None,
+                           seed, extra)

@@ -13,6 +13,7 @@ from typing import Final
 SLIDE_ID: Final = "slide_id"
 PATIENT_ID: Final = "patient_id"
 PATH: Final = "path"
+SLIDE_AVAILABLE: Final = "slide_available"  # False: no slide file (a features-only cohort)
 SPLIT: Final = "split"
 MPP: Final = "mpp"
 TILE: Final = "tile"
@@ -20,6 +21,7 @@ SETTINGS_HASH: Final = "settings_hash"  # the settings and inputs an output was 
 HELD_OUT_SITE: Final = "held_out_site"  # the site a leave-one-site-out split tests on
 UNIT: Final = "unit"
 VARIABLE: Final = "variable"
+NORMAL_TEST: Final = "normal_test"  # where the normal (in-distribution) test comes from
 
 # ---- run directory: one folder per stage after embedding --------------------------------------
 RUN_JSON: Final = "run.json"
@@ -35,6 +37,7 @@ REPORT_HTML: Final = "report.html"
 SAE_WEIGHTS: Final = "sae.safetensors"
 SAE_CONFIG: Final = "cfg.json"
 RANDOM_ENCODER_SAE: Final = Path("controls") / "random_encoder"  # the random-encoder control's SAE
+UNIT_STABILITY: Final = "stability.parquet"  # per unit: matched decoder cosine across SAE seeds
 
 # RUN/confounders/
 ASSOCIATIONS: Final = "associations.parquet"

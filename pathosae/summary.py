@@ -47,8 +47,13 @@ def _sae_line(run: RunDir) -> list[str]:
         fvu, l0, dead = held.get("fvu"), held.get("l0"), held.get("dead_fraction")
         if fvu is None:
             continue
-        lines.append(f"SAE {path.parent.name}: held-out FVU {fvu:.3f}, L0 {l0:.1f}, "
-                     f"dead {100 * (dead or 0):.1f}%")
+        line = (f"SAE {path.parent.name}: held-out FVU {fvu:.3f}, L0 {l0:.1f}, "
+                f"dead {100 * (dead or 0):.1f}%")
+        stability = metrics.get("controls", {}).get("seed_stability", {})
+        if "n_stable_units" in stability:
+            line += (f"; {stability['n_stable_units']} units stable over "
+                     f"{len(stability['seeds'])} seeds (cosine ≥ {stability['stable_cosine']:g})")
+        lines.append(line)
     return lines
 
 
@@ -61,6 +66,10 @@ def _confounder_lines(run: RunDir) -> list[str]:
     alpha = summary.get("fdr_alpha", 0.05)
     lines = ["units flagged at FDR " + f"{alpha:g}: "
              + ", ".join(f"{k} {v}" for k, v in sorted(flagged.items()))]
+    findings = summary.get("findings") or {}
+    if findings:
+        lines.append("of them findings (specific beyond the label, large enough, stable): "
+                     + ", ".join(f"{k} {v}" for k, v in sorted(findings.items())))
     auroc = summary.get("probe_auroc") or {}
     for variable in sorted({k.split("/")[0] for k in auroc}):
         parts = [f"{rep} {auroc[f'{variable}/{rep}']:.2f}" for rep in

@@ -345,7 +345,8 @@ def _embedding_probe(confounder: str, leakage: pd.DataFrame | None) -> pd.Series
 def flagged_units(confounder: str, associations: pd.DataFrame | None,
                   alpha: float = 0.05) -> tuple[list[int], list[int] | None]:
     """The units flagged for ``confounder`` at slide level, smallest q first, and those of them
-    marked ``stable`` (None without a ``stable`` column)."""
+    that hold up: ``finding`` (stable, specific beyond the label, large enough) where the table
+    has it and stability was measured, else ``stable`` (None when neither was measured)."""
     if associations is None or associations.empty or "variable" not in associations:
         return [], None
     table = associations[associations["variable"].astype(str) == confounder]
@@ -359,9 +360,10 @@ def flagged_units(confounder: str, associations: pd.DataFrame | None,
         return [], None
     order = table.sort_values("q", kind="stable") if "q" in table else table
     units = [int(u) for u in dict.fromkeys(order["unit"].tolist())]
-    if "stable" not in table:
+    if "stable" not in table or not table["stable"].notna().any():
         return units, None
-    stable = set(table.loc[table["stable"].fillna(False).astype(bool), "unit"].astype(int))
+    column = "finding" if "finding" in table else "stable"
+    stable = set(table.loc[table[column].fillna(False).astype(bool), "unit"].astype(int))
     return units, [u for u in units if u in stable]
 
 
@@ -398,13 +400,15 @@ def _location_from_stable(confounder: str, units: list[int], stable: list[int],
     if k:
         return Location("units", n, k, (
             f"{k} of the {n} unit{'' if n == 1 else 's'} flagged for {confounder} "
-            f"{'is' if k == 1 else 'are'} stable across SAE seeds: it "
-            "lives in identifiable units, so ablating them is an option."), tuple(units),
+            f"{'holds' if k == 1 else 'hold'} up (stable across SAE seeds, specific beyond the "
+            "label, large enough): it lives in identifiable units, so ablating them is an "
+            "option."), tuple(units),
             seed_cosine)
     return Location("directions", n, 0, (
-        f"{_units(n)} flagged for {confounder}, but none is stable across SAE seeds: it is "
-        "expressed as directions, not units; the direction edits (project out, LEACE) are the "
-        "fix to use."), tuple(units), seed_cosine)
+        f"{_units(n)} flagged for {confounder}, but none holds up (stable across SAE seeds, "
+        "specific beyond the label, large enough): it is expressed as directions, not units; "
+        "the direction edits (project out, LEACE) are the fix to use."), tuple(units),
+        seed_cosine)
 
 
 def _location_from_cosine(confounder: str, units: list[int],

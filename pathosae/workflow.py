@@ -11,6 +11,7 @@ from pathosae.errors import ConfigError, PathosaeError
 from pathosae.io import sha256_file
 from pathosae.pipeline import Stage, run_stages, select_stages
 from pathosae.run import RunDir
+from pathosae.stage_needs import PIXEL_STAGES, STAGE_NEEDS, check_needs
 from pathosae.types import OnError
 
 
@@ -67,19 +68,39 @@ def run_pipeline(
     """Preflight, then the chosen stages through :func:`pathosae.pipeline.run_stages` under the
     run lock; ``stage_kwargs`` are extra keyword arguments per stage name."""
     chosen = select_stages(stages, start, until)
-    preflight(cfg, chosen, stage_kwargs)
+    preflight(cfg, chosen, stage_kwargs, run=run, on_error=on_error)
     with run.lock():
-        return run_stages(run, cfg, chosen, on_error, echo, stage_kwargs)
+        return run_stages(run, cfg, chosen, on_error, echo, _with_cohort_needs(chosen, stage_kwargs))
+
+
+def _with_cohort_needs(
+    chosen: list[Stage], stage_kwargs: dict[str, dict[str, Any]] | None
+) -> dict[str, dict[str, Any]] | None:
+    """The cohort stage requires every slide file only when tile or embed runs in this call."""
+    names = {stage.name for stage in chosen}
+    if "cohort" not in names or not names & set(PIXEL_STAGES):
+        return stage_kwargs
+    kwargs = dict(stage_kwargs or {})
+    kwargs["cohort"] = {**kwargs.get("cohort", {}), "need_slides": True}
+    return kwargs
 
 
 def preflight(
     cfg: PathosaeConfig,
     chosen: list[Stage],
     stage_kwargs: dict[str, dict[str, Any]] | None = None,
+    *,
+    run: RunDir | None = None,
+    on_error: OnError = "stop",
 ) -> None:
-    """Fail before any work on what a later stage would find only after earlier ones ran."""
+    """Fail before any work on what a later stage would find only after earlier ones ran.
+
+    The config first (encoder and weights, ground truth, edit specs); then, given the ``run``,
+    every stage's needs in :data:`pathosae.stage_needs.STAGE_NEEDS`: the cohort's columns and
+    splits, the slide files of the pixel stages and the features of the later ones.
+    """
     names = {stage.name for stage in chosen}
-    if "embed" in names:
+    if any(STAGE_NEEDS[name].weights for name in names):
         from pathosae.doctor import check_weights
         from pathosae.encoders.registry import get_spec
 
@@ -91,6 +112,8 @@ def preflight(
         _check_ground_truth(cfg.ground_truth)
     if names & {"edit", "sharpen"}:
         _check_edit_specs(cfg, names, stage_kwargs or {})
+    if run is not None:
+        check_needs(run, cfg, [stage.name for stage in chosen], on_error)
 
 
 def _check_ground_truth(folder: Path | None) -> None:
@@ -98,8 +121,8 @@ def _check_ground_truth(folder: Path | None) -> None:
     if folder is not None and not folder.is_dir():
         raise ConfigError(
             f"ground_truth: folder {folder} does not exist. Fix: pass the <out>/ground_truth "
-            "folder `pathosae synth` wrote (--ground-truth DIR), or leave ground_truth unset for "
-            "a cohort without one."
+            "folder `pathosae synth` or `pathosae synth-features` wrote (--ground-truth DIR), or "
+            "leave ground_truth unset for a cohort without one."
         )
 
 

@@ -15,6 +15,7 @@ from pathosae.cohort import load_cohort, validate_manifest
 from pathosae.config import CohortConfig, load_config
 from pathosae.errors import ConfigError, ManifestError
 from pathosae.run import RunDir
+from pathosae.workflow import prepare_run, run_pipeline
 
 runner = CliRunner()
 
@@ -149,15 +150,37 @@ def test_skip_mode_drops_bad_rows_and_lists_them(tmp_path, slides):
 
 @pytest.mark.parametrize(
     ("header", "missing"),
-    [("slide_id,label,site,scanner", "path"), ("path,label,site,scanner", "slide_id"),
-     ("slide_id,path,site,scanner", "label"), ("slide_id,path,label,scanner", "site")],
+    [("slide_id,label,site,scanner", "path"), ("path,label,site,scanner", "slide_id")],
 )
 def test_missing_columns_name_the_column(tmp_path, header, missing):
+    """slide_id always; path when the slides are needed (the tile and embed stages)."""
     manifest = tmp_path / "m.csv"
     manifest.write_text(header + "\n" + ",".join("x" for _ in header.split(",")) + "\n")
     with pytest.raises(ManifestError) as info:
         validate_manifest(manifest, CohortConfig())
-    assert any(e.column == missing for e in info.value.errors)
+    assert any(e.column == missing and e.row == 1 and e.fix for e in info.value.errors)
+
+
+@pytest.mark.parametrize(
+    ("header", "missing"),
+    [("slide_id,path,site,scanner", "label"), ("slide_id,path,label,scanner", "site")],
+)
+def test_columns_the_config_names_are_checked_by_the_stages_that_read_them(
+    tmp_path, header, missing
+):
+    """The cohort stage accepts a manifest without the label or a confounder column (tiling needs
+    neither); a run that asks for a stage reading it stops at preflight, naming the column."""
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(header + "\n" + ",".join("x" for _ in header.split(",")) + "\n")
+    cohort, _ = validate_manifest(manifest, CohortConfig(), need_slides=False)
+    assert missing not in cohort.columns
+    run, cfg = prepare_run(manifest, tmp_path / "run", None)
+    with pytest.raises(ManifestError) as info:
+        run_pipeline(run, cfg, ["cohort", "sae", "confounders"], echo=lambda _: None)
+    (error,) = info.value.errors
+    assert (error.row, error.column) == (1, missing)
+    assert "confounders" in error.message and f"add a '{missing}' column" in error.fix
+    assert not run.cohort_path.exists()  # refused before any work
 
 
 def test_unreadable_csv_and_missing_manifest(tmp_path):
@@ -208,13 +231,22 @@ def test_cli_cohort_writes_table_and_reports_errors(tmp_path, slides):
     assert state["manifest"] == str(manifest.resolve())
     assert len(state["manifest_sha256"]) == 64
 
+    # A slide whose file is not there: the cohort stage alone (no pixel stage asked for)
+    # records it as features-only and says so; tiling refuses it, naming the row and the file.
     rows = good_rows(slides)
     rows[0]["path"] = "nowhere.svs"
     bad = write_manifest(manifest_dir(tmp_path) / "bad.csv", rows)
-    result = runner.invoke(app, ["cohort", "--manifest", str(bad), "--out", str(tmp_path / "r2")])
+    r2 = tmp_path / "r2"
+    result = runner.invoke(app, ["cohort", "--manifest", str(bad), "--out", str(r2)])
+    assert result.exit_code == 0, result.output
+    assert "1 slide(s) have no slide file (A)" in result.output
+    assert "pathosae import-features" in result.output
+    assert load_cohort(RunDir(r2))["slide_available"].tolist() == [False] + [True] * 5
+    result = runner.invoke(app, ["tile", "--out", str(r2)])
     assert result.exit_code != 0
     assert isinstance(result.exception, ManifestError)
     assert "row 2" in str(result.exception) and "file not found" in str(result.exception)
+    assert not (r2 / "tiles").exists()
 
 
 def test_tcga_fields_from_barcode_and_templates_parse():

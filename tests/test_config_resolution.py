@@ -98,6 +98,7 @@ def test_cli_ground_truth_is_resolved_against_the_current_directory(tmp_path, mo
         return {}
 
     monkeypatch.setattr(pathosae.workflow, "run_stages", fake_run_stages)
+    monkeypatch.setattr(pathosae.workflow, "check_needs", lambda *_args: None)  # no cohort here
     monkeypatch.setattr(pathosae.summary, "run_summary", lambda _run: [])
     monkeypatch.chdir(tmp_path)
     _manifest(tmp_path / "cohort")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -135,3 +136,32 @@ def test_leace_erases_linear_site_signal() -> None:
 def test_code_edit_without_sae_is_a_clear_error() -> None:
     with pytest.raises(StageError, match="no SAE"):
         Editor(EditSpec(name="a", ops=[Ablate(units=[0])]))
+
+
+def test_confounder_aware_edit_removes_the_planted_site_shift() -> None:
+    """topk_offsets trained with the site levels: its edit (every tile at the mean offset)
+    removes the planted site shift from the embeddings and keeps the label direction."""
+    from planted_bags import planted_bags
+
+    from pathosae.config import SAEConfig
+    from pathosae.downstream.splits import Splits
+    from pathosae.edit.effects import confounder_aware_candidate
+    from pathosae.sae import Conditions, train_sae
+
+    train, test = planted_bags(80, 1, "train", 0.9), planted_bags(40, 2, "test", 0.1)
+    frame = pd.DataFrame({"site": train.tile_site()})
+    sae = train_sae(train.x, SAEConfig(d_sae=32, k=4, n_samples=6000, batch_size=128, seed=0),
+                    architecture="topk_offsets", conditions=Conditions.from_frame(frame, ["site"]))
+    edited = confounder_aware_candidate("topk_offsets_edit", sae, "site").edit(
+        Splits(train, test, test))
+    assert edited is not None
+
+    def gap(bags, column):  # mean difference between the two sites along one axis
+        site = bags.tile_site()
+        return float(bags.x[site == "B", column].mean() - bags.x[site == "A", column].mean())
+
+    assert gap(test, 1) > 1.5  # planted: site B sits 2 units further along axis 1
+    assert abs(gap(edited.shifted, 1)) < 0.3  # gone after the edit
+    label_gap = edited.shifted.x[edited.shifted.tile_y() == 1, 0].mean() - \
+        edited.shifted.x[edited.shifted.tile_y() == 0, 0].mean()
+    assert float(label_gap) > 0.6  # the label direction (1 unit) survives

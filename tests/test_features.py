@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 from embed_helpers import write_cohort
 
@@ -52,25 +51,42 @@ def test_store_reads_in_cohort_order(store_run):
     assert index.loc[index.slide_id == "s2", "site"].unique().tolist() == ["site1"]
 
 
-def test_matrix_is_memmapped_concatenation_and_reused(store_run):
+def test_matrix_reads_rows_from_the_slide_files_without_a_copy(store_run):
     run, arrays = store_run
+    folder = run.features_dir("enc")
+    (folder / MATRIX_NAME).write_bytes(b"stale copy of an older version")
     store = FeatureStore(run, "enc")
     matrix = store.matrix()
-    assert isinstance(matrix, np.memmap) and matrix.dtype == np.float32
-    np.testing.assert_array_equal(matrix, np.concatenate([arrays["s1"][0], arrays["s2"][0]]))
+    whole = np.concatenate([arrays["s1"][0], arrays["s2"][0]])
+    assert matrix.shape == (8, DIM) and matrix.dtype == np.float32 and len(matrix) == 8
+    np.testing.assert_array_equal(matrix[:], whole)
+    np.testing.assert_array_equal(np.asarray(matrix), whole)
+    np.testing.assert_array_equal(matrix[2:6], whole[2:6])  # a slice across two slides
+    picks = np.array([7, 0, 3, 3, 5])  # any order, repeats, both slides
+    np.testing.assert_array_equal(matrix[picks], whole[picks])
+    np.testing.assert_array_equal(matrix[4], whole[4])
+    with pytest.raises(IndexError):
+        matrix[np.array([8])]
+    assert not (folder / MATRIX_NAME).exists()  # the old full copy is gone, none is written
 
-    path = run.features_dir("enc") / MATRIX_NAME
-    built = path.stat().st_mtime_ns
-    FeatureStore(run, "enc").matrix()
-    assert path.stat().st_mtime_ns == built  # reused, not rebuilt
-
-    # A slide's file changes (re-embedded): the matrix is rebuilt with the new numbers.
+    # A slide's file changes (re-embedded): the next read sees the new numbers.
     new = np.full((3, DIM), 7.0, np.float32)
     write_feature_file(run.features_path("enc", "s1"), new, arrays["s1"][1], {"settings_hash": "y"})
-    os.utime(run.features_path("enc", "s1"), ns=(built + 10**9, built + 10**9))
-    rebuilt = FeatureStore(run, "enc").matrix()
-    np.testing.assert_array_equal(rebuilt[:3], new)
-    np.testing.assert_array_equal(rebuilt[3:], arrays["s2"][0])
+    reread = FeatureStore(run, "enc").matrix()
+    np.testing.assert_array_equal(reread[:3], new)
+    np.testing.assert_array_equal(reread[3:], arrays["s2"][0])
+
+
+def test_tile_frame_equals_the_index_rows(store_run):
+    run, _ = store_run
+    store = FeatureStore(run, "enc")
+    rows = np.array([1, 4, 6])
+    frame = store.tile_frame(rows)
+    expected = store.index().iloc[rows].reset_index(drop=True)
+    pd.testing.assert_frame_equal(frame, expected, check_dtype=False)
+    assert list(store.offsets()) == [0, 3, 8]
+    per_slide = store.index().drop_duplicates("slide_id")
+    assert list(store.slide_values("split")) == per_slide["split"].tolist()
 
 
 def test_store_from_folder(store_run):

@@ -11,10 +11,41 @@ import torch
 from pathosae.config import SAEConfig
 from pathosae.errors import PathosaeError
 from pathosae.sae import architectures, build_sae, evaluate_sae, load_sae, save_sae, train_sae
+from pathosae.sae.conditional import ConditionedTopKSAE
+from pathosae.sae.levels import Conditions
 from pathosae.sae.training import RowView, build_model
 
 ARCHS = sorted(architectures())
 D_IN, D_SAE, K = 32, 64, 4
+# Confounder-aware SAEs take level codes per row; the shared tests give them random ones (two
+# confounders, listed out of alphabetical order so the saved vocabulary must keep its order).
+LEVELS = {"site": ["s0", "s1", "s2"], "scanner": ["a", "b"]}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on a shared small CPU, OpenMP threads that wait on each other make these
+    small trainings several times slower (results are the same)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def random_conditions(n: int, seed: int = 0) -> np.ndarray:
+    """Codes per row for LEVELS, with some -1 (unknown)."""
+    rng = np.random.default_rng(seed)
+    codes = np.stack([rng.integers(-1, len(v), n) for v in LEVELS.values()], axis=1)
+    return codes.astype(np.int64)
+
+
+def conditions_for(x: np.ndarray, seed: int = 0) -> Conditions:
+    return Conditions(random_conditions(len(x), seed), LEVELS)
+
+
+def run(sae, batch: torch.Tensor, codes: np.ndarray | None):
+    """``sae(batch)``, with the rows' codes for a confounder-aware SAE."""
+    return sae(batch, codes) if isinstance(sae, ConditionedTopKSAE) else sae(batch)
 
 
 def planted(n: int = 4000, d: int = D_IN, m: int = 48, active: int = 3, seed: int = 0):
@@ -39,16 +70,22 @@ def small_cfg(**kw) -> SAEConfig:
 
 def test_registry_has_every_architecture():
     assert {"topk", "batchtopk", "relu", "jumprelu", "matryoshka"} <= set(ARCHS)
+    assert {"topk_offsets", "topk_reserved"} <= set(ARCHS)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_shapes(arch):
-    sae = build_model(D_IN, small_cfg(), arch)
+    sae = build_model(D_IN, small_cfg(), arch, levels=LEVELS)
     x = torch.randn(10, D_IN)
-    z, recon = sae(x)
+    codes = random_conditions(10)
+    z, recon = run(sae, x, codes)
     assert z.shape == (10, D_SAE) and recon.shape == (10, D_IN)
     assert sae.encode(x).shape == (10, D_SAE) and sae.decode(z).shape == (10, D_IN)
-    losses = sae.losses(x)
+    if isinstance(sae, ConditionedTopKSAE):
+        losses = sae.losses(x, conditions=codes, labels=torch.randint(0, 2, (10,)))
+        assert {"supervised", "independence"} <= set(losses) or hasattr(sae, "offsets")
+    else:
+        losses = sae.losses(x)
     assert "mse" in losses and all(v.ndim == 0 for v in losses.values())
 
 
@@ -56,17 +93,18 @@ def test_shapes(arch):
 def trained():
     x, _ = planted()
     cfg = small_cfg(n_samples=256 * 150)
-    return x, {arch: train_sae(x, cfg, architecture=arch) for arch in ARCHS}
+    conditions = conditions_for(x)  # ignored by the plain architectures
+    return x, {arch: train_sae(x, cfg, architecture=arch, conditions=conditions) for arch in ARCHS}
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_training_reduces_loss_and_keeps_unit_decoder(arch, trained):
     x, models = trained
-    untrained = build_model(D_IN, small_cfg(), arch).eval()
+    untrained = build_model(D_IN, small_cfg(), arch, levels=LEVELS).eval()
     with torch.no_grad():
         untrained.b_dec.copy_(torch.from_numpy(x.mean(0)))
     before = evaluate_sae(untrained, x)["fvu"]
-    after = evaluate_sae(models[arch], x)
+    after = evaluate_sae(models[arch], x, conditions=random_conditions(len(x)))
     assert after["fvu"] < 0.5 * before, (arch, before, after)
     norms = models[arch].W_dec.norm(dim=1)
     assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
@@ -80,9 +118,10 @@ def test_save_load_round_trip(arch, trained, tmp_path):
     loaded = load_sae(tmp_path / arch)
     assert type(loaded) is type(sae)
     batch = torch.from_numpy(x[:50])
+    codes = random_conditions(50, seed=3)
     with torch.no_grad():
-        za, ra = sae(batch)
-        zb, rb = loaded(batch)
+        za, ra = run(sae, batch, codes)
+        zb, rb = run(loaded, batch, codes)
     assert torch.equal(za, zb) and torch.equal(ra, rb)
 
 
@@ -90,45 +129,60 @@ def test_save_load_round_trip(arch, trained, tmp_path):
 def test_deterministic_on_cpu(arch):
     x, _ = planted(n=1000)
     cfg = small_cfg(n_samples=256 * 5)
-    a = train_sae(x, cfg, architecture=arch).state_dict()
-    b = train_sae(x, cfg, architecture=arch).state_dict()
+    conditions = conditions_for(x)
+    a = train_sae(x, cfg, architecture=arch, conditions=conditions).state_dict()
+    b = train_sae(x, cfg, architecture=arch, conditions=conditions).state_dict()
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    c = train_sae(x, cfg, architecture=arch, seed=1).state_dict()
+    c = train_sae(x, cfg, architecture=arch, seed=1, conditions=conditions).state_dict()
     assert not torch.equal(a["W_dec"], c["W_dec"])
+
+
+def _randomise_condition_parameters(sae) -> None:
+    """Non-trivial offsets and level counts (the offsets model), so the tests exercise them."""
+    if hasattr(sae, "offsets"):
+        with torch.no_grad():
+            sae.offsets.normal_()
+            sae.level_counts.copy_(torch.arange(1, sae.level_counts.numel() + 1))
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_input_scale_is_folded(arch):
     """A model trained on s·x, after folding, gives on x the same reconstruction / s."""
     torch.manual_seed(0)
-    sae = build_model(D_IN, small_cfg(), arch).eval()
+    sae = build_model(D_IN, small_cfg(), arch, levels=LEVELS).eval()
     with torch.no_grad():
         sae.b_enc.normal_()
         sae.b_dec.normal_()
+    _randomise_condition_parameters(sae)
     x, scale = torch.randn(20, D_IN), 3.7
+    codes = random_conditions(20)
     with torch.no_grad():
-        z_scaled, r_scaled = sae(x * scale)
+        z_scaled, r_scaled = run(sae, x * scale, codes)
         sae.fold_input_scale(scale)
-        z, r = sae(x)
+        z, r = run(sae, x, codes)
     assert torch.allclose(r, r_scaled / scale, atol=1e-5)
     assert torch.allclose(z, z_scaled / scale, atol=1e-5)
 
 
-@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka"])
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka", "topk_offsets", "topk_reserved"])
 @pytest.mark.parametrize("all_dead", [False, True])
 def test_sparse_gradients_match_dense_reference(arch, all_dead):
     torch.manual_seed(0)
-    sae = build_model(D_IN, small_cfg(), arch).double().train()
+    sae = build_model(D_IN, small_cfg(), arch, levels=LEVELS).double().train()
     with torch.no_grad():
         sae.b_enc.normal_(0, 0.1)
         sae.b_dec.normal_(0, 0.1)
+    _randomise_condition_parameters(sae)
     x = torch.randn(40, D_IN, dtype=torch.float64) + 0.3
+    extra = {}
+    if isinstance(sae, ConditionedTopKSAE):
+        extra = {"conditions": random_conditions(40), "labels": torch.randint(0, 2, (40,))}
     grads = []
     for reference in (False, True):
         sae.zero_grad()
         sae.samples_since_fired.fill_(10**9 if all_dead else 0)
-        losses = sae.losses(x, reference=reference)
+        losses = sae.losses(x, reference=reference, **extra)
         assert (losses["aux"] > 0) == all_dead
         sum(losses.values()).backward()
         grads.append({n: p.grad.clone() for n, p in sae.named_parameters()})

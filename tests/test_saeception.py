@@ -122,3 +122,18 @@ class _Identity(torch.nn.Module):
 
     def eval(self) -> _Identity:
         return self
+
+
+def test_aware_variant_never_keeps_the_reserved_block() -> None:
+    """The aware variant's targets come from a confounder-aware SAE told the training slides'
+    sites: its reserved block is excluded from every class's top units."""
+    train = planted_bags(60, 1, "train", 0.9)
+    cfg = SAECeptionConfig(n_top=6, sae_samples=2048, sae_expansion=2, sae_k=4, min_cell_tiles=4,
+                           downstream={"hidden_dim": 8, "attention_dim": 4})
+    target, info = build_target("aware", _Identity(), None, train, cfg, 0)
+    assert target is not None and target.shape == train.x.shape
+    assert bool(torch.isfinite(target).all())
+    assert info["n_reserved"] >= 2 * len(set(train.site))  # 2 latents per site level at least
+    assert 1 <= info["n_kept"] <= 2 * cfg.n_top
+    again, _ = build_target("aware", _Identity(), None, train, cfg, 0)
+    torch.testing.assert_close(again, target, rtol=0, atol=0)  # same seed, same targets

@@ -7,7 +7,7 @@ import streamlit as st
 
 from pages_.common import missing
 from pathosae.app import RunView
-from pathosae.schema import PATIENT_ID, SLIDE_ID
+from pathosae.schema import PATH, PATIENT_ID, SLIDE_ID
 
 QC_COLUMNS = 6
 QC_MAX = 24
@@ -23,7 +23,8 @@ def render(view: RunView) -> None:
     for column, value in counts.items():
         st.sidebar.metric(column, value)
     st.subheader(f"{len(cohort)} slides, {cohort['patient_id'].nunique()} patients")
-    st.dataframe(cohort.drop(columns=["path"]), hide_index=True, key="cohort_table")
+    st.dataframe(cohort.drop(columns=[PATH], errors="ignore"), hide_index=True,
+                 key="cohort_table")
     crosstabs(cohort, label, view.metadata_columns())
     qc_gallery(view)
 
@@ -52,6 +53,11 @@ def crosstabs(cohort: pd.DataFrame, label: str | None, columns: list[str]) -> No
 
 def qc_gallery(view: RunView) -> None:
     st.subheader("Tissue detection and tiles (QC)")
+    if not view.any_slide_available():
+        st.info("The slides are not available in this run (a features-only cohort: its features "
+                "were imported with `pathosae import-features`), so there are no QC images. "
+                "Add a path column to the manifest to tile the slides.")
+        return
     if missing(view, "tile"):
         return
     ids = list(view.cohort[SLIDE_ID])

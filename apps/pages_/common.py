@@ -81,5 +81,9 @@ def tile_grid(
     cols = st.columns(columns)
     for i, (row, caption) in enumerate(zip(rows, captions, strict=True)):
         tile = index.iloc[int(row)]
+        unavailable = view.pixels_unavailable(str(tile[SLIDE_ID]))
+        if unavailable is not None:  # features only: say so instead of an image
+            cols[i % columns].caption(f"{caption}: no image ({unavailable})")
+            continue
         image = images.tile(str(tile[SLIDE_ID]), int(tile["x"]), int(tile["y"]))
         cols[i % columns].image(image, caption=caption, width="stretch")

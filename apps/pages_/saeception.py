@@ -12,7 +12,8 @@ HEADLINE = ("bacc_shifted", "worst_site_bacc_shifted", "site_leakage", "bacc_nor
             "monosemanticity", "silhouette")
 CONTROLS = {"no_aux": "control: same training, no auxiliary loss",
             "random_target": "control: random unit targets",
-            "plain": "SAE-ception", "injected": "SAE-ception with confounder injection"}
+            "plain": "SAE-ception", "injected": "SAE-ception with confounder injection",
+            "aware": "SAE-ception with a confounder-aware SAE"}
 
 
 def render(view: RunView) -> None:

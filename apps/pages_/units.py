@@ -113,6 +113,11 @@ def slide_heatmap(view: RunView, sae: str, acts, unit: int, index: pd.DataFrame)
     slide_id = st.selectbox("Slide (most firing tiles first)", options, key="heat_slide")
     part = slides[slides[SLIDE_ID] == slide_id].iloc[0]
     in_rows, in_values = acts.in_range(unit, int(part["start"]), int(part["stop"]))
+    unavailable = view.pixels_unavailable(str(slide_id))
+    if unavailable is not None:
+        st.caption(f"unit {unit} on {slide_id}: {len(in_rows)} tiles firing; no heatmap "
+                   f"({unavailable})")
+        return
     coords = index.iloc[in_rows][["x", "y"]].to_numpy()
     image = get_images(str(view.root)).heatmap(slide_id, coords, in_values,
                                                vmax=float(acts.units.iloc[unit]["max"]))

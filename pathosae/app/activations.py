@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pathosae.features import StoreRows
 from pathosae.io import atomic_path, read_json, write_json_atomic, write_parquet_atomic
 
 CACHE_VERSION = 1
@@ -48,7 +49,7 @@ def _sparse_chunk(sae: SparseEncoder, x: torch.Tensor) -> tuple[np.ndarray, ...]
 
 @torch.no_grad()
 def build_unit_cache(
-    matrix: np.ndarray, sae: SparseEncoder, folder: Path, fingerprint: str,
+    matrix: np.ndarray | StoreRows, sae: SparseEncoder, folder: Path, fingerprint: str,
     chunk: int = ENCODE_CHUNK,
 ) -> UnitActivations:
     """Encode ``matrix`` (tiles × dims, memmap is fine) in chunks and write the unit-major cache."""

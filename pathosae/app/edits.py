@@ -141,7 +141,8 @@ class EditLab:
         self.ecfg = cfg.edit
         variables = self.ecfg.confounders or list(cfg.cohort.confounders)
         bags = load_run_bags(view.run, cfg, self.ecfg.site_column,
-                             self.ecfg.downstream.max_tiles_per_slide, self.ecfg.seed, variables)
+                             self.ecfg.downstream.max_tiles_per_slide, self.ecfg.seed, variables,
+                             max_tiles=self.ecfg.downstream.max_tiles)
         self.splits, self.held_out_site = cohort_splits(bags, self.ecfg)
         self.sae = view.load_sae(sae_name)
         self.directions = view.directions()

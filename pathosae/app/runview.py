@@ -27,9 +27,11 @@ from pathosae.schema import (
     DIRECTIONS,
     DIRECTIONS_JSON,
     EDITS_DIR,
+    PATH,
     PATIENT_ID,
     SAE_CONFIG,
     SAE_WEIGHTS,
+    SLIDE_AVAILABLE,
     SLIDE_ID,
     SUMMARY,
 )
@@ -92,11 +94,41 @@ class RunView:
         """Run files plus exactly the cohort's slide files (no cohort yet: run files only)."""
         if not self.status("cohort").done:
             return self._guard
-        return self._guard.with_slides(self.cohort["path"].astype(str))
+        paths = self.cohort[PATH].fillna("").astype(str) if PATH in self.cohort else []
+        return self._guard.with_slides(p for p in paths if p)  # '' : a features-only slide
 
     def metadata_columns(self) -> list[str]:
-        skip = {SLIDE_ID, "path", PATIENT_ID, "mpp", "manifest_row"}
+        skip = {SLIDE_ID, PATH, PATIENT_ID, "mpp", "manifest_row", SLIDE_AVAILABLE}
         return [c for c in self.cohort.columns if c not in skip]
+
+    def slide_unavailable(self, slide_id: str) -> str | None:
+        """Why this slide's file cannot be opened (a features-only slide), or None."""
+        row = self.cohort.loc[self.cohort[SLIDE_ID] == self.check_slide(slide_id)].iloc[0]
+        path = row.get(PATH)
+        if isinstance(path, str) and path and Path(path).is_file():
+            return None
+        return (f"slide {slide_id!r} is not available (features only: no slide file"
+                f"{f' at {path}' if isinstance(path, str) and path else ''}); add its path to "
+                "the manifest to see its pixels")
+
+    def pixels_unavailable(self, slide_id: str) -> str | None:
+        """Why the app cannot show this slide's tiles, or None when it can.
+
+        A features-only slide (imported features, no slide file) and a slide that was never tiled
+        (its tile geometry is unknown) have none to show.
+        """
+        reason = self.slide_unavailable(slide_id)
+        if reason is not None:
+            return reason
+        if not self.run.tiles_path(str(slide_id)).is_file():
+            return (f"slide {slide_id!r} has no tile file (its features were imported, not "
+                    "tiled here); run `pathosae tile` to see its tiles")
+        return None
+
+    def any_slide_available(self) -> bool:
+        """True when at least one cohort slide file is there (QC images can exist)."""
+        paths = self.cohort[PATH].fillna("").astype(str) if PATH in self.cohort else []
+        return any(p and Path(p).is_file() for p in paths)
 
     def check_slide(self, slide_id: str) -> str:
         slide_id = str(slide_id)
@@ -105,7 +137,10 @@ class RunView:
         return slide_id
 
     def slide_path(self, slide_id: str) -> Path:
-        row = self.cohort.loc[self.cohort[SLIDE_ID] == self.check_slide(slide_id), "path"]
+        reason = self.slide_unavailable(slide_id)
+        if reason is not None:
+            raise StageError(f"{reason}.")
+        row = self.cohort.loc[self.cohort[SLIDE_ID] == self.check_slide(slide_id), PATH]
         return self.guard.slide_file(str(row.iloc[0]))
 
     def qc_image(self, slide_id: str) -> Path | None:

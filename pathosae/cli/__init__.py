@@ -19,6 +19,7 @@ from pathosae.cli import (
     sae_cmd,
     sharpen_cmd,
     synth_cmd,
+    synth_features_cmd,
     tile_cmd,
 )
 from pathosae.cli._app import app
@@ -48,5 +49,6 @@ __all__ = [
     "sae_cmd",
     "sharpen_cmd",
     "synth_cmd",
+    "synth_features_cmd",
     "tile_cmd",
 ]

@@ -28,3 +28,13 @@ def cohort_command(
                f"splits {summary['splits']} -> {run.cohort_path}")
     if summary["skipped"]:
         typer.echo(f"skipped {len(summary['skipped'])} bad row(s); see {run.cohort_errors_path}")
+    absent = int(summary.get("n_slides_unavailable", 0))
+    if absent:
+        named = ", ".join(summary["slides_unavailable"]) + (", ..." if absent > len(
+            summary["slides_unavailable"]) else "")
+        typer.echo(
+            f"{absent} slide(s) have no slide file ({named}): recorded as features-only "
+            f"(slide_available false). Import their features with `pathosae import-features "
+            f"--format trident DIR --run {run.root}`, then run the stages after embedding "
+            f"(`pathosae run --out {run.root} --from sae`); tile and embed refuse them."
+        )

@@ -2,6 +2,13 @@
 
 Every problem is reported at once, each naming the row (spreadsheet numbering: the header is row
 1), the column and the fix. Under ``on_error="skip"`` bad rows are dropped and listed instead.
+
+Only ``slide_id`` is always required. Slide files are needed only by the stages that read pixels
+(tile, embed): with ``need_slides=False`` a manifest without a ``path`` column, an empty path or a
+file that is not there is accepted, and the slide is recorded with ``slide_available`` False (a
+features-only cohort, whose features come from ``pathosae import-features``). The label and
+confounder columns are checked by the stages that use them (:mod:`pathosae.stage_needs`); the
+values of those present are checked here.
 """
 
 from __future__ import annotations
@@ -18,11 +25,17 @@ from pathosae.config import CohortConfig, PathosaeConfig
 from pathosae.errors import ManifestError, RowError, SlideError
 from pathosae.io import sha256_file, write_parquet_atomic, write_text_atomic
 from pathosae.run import RunDir
-from pathosae.schema import PATIENT_ID, SLIDE_ID, SPLIT
+from pathosae.schema import PATH, PATIENT_ID, SLIDE_AVAILABLE, SLIDE_ID, SPLIT
 from pathosae.slides import open_slide
 from pathosae.types import OnError
 
-REQUIRED_COLUMNS = (SLIDE_ID, "path")
+REQUIRED_COLUMNS = (SLIDE_ID,)
+PIXEL_COLUMNS = (PATH,)  # required as well when the tile or embed stage is to run
+FEATURES_ONLY_FIX = (
+    "import the slides' features with `pathosae import-features --format trident DIR --run RUN` "
+    "and run the stages after embedding (`pathosae run --out RUN --from sae`), or add a 'path' "
+    "column with each slide's file to the manifest and rerun `pathosae cohort`"
+)
 SPLITS = ("train", "val", "test")
 # slide ids become file names (tiles/<slide_id>.h5), so they must be safe as one.
 _SAFE_ID = re.compile(r"^[^/\\\x00]+$")
@@ -62,25 +75,30 @@ def validate_manifest(
     on_error: OnError = "stop",
     seed: int = 0,
     check_slides: bool = True,
+    need_slides: bool = True,
 ) -> tuple[pd.DataFrame, list[RowError]]:
     """Validate a manifest and return (cohort table, errors of the rows that were skipped).
 
     Column-level problems always raise. Row-level problems raise under ``on_error="stop"`` (all
-    of them together) and drop the bad rows under ``"skip"``.
+    of them together) and drop the bad rows under ``"skip"``. ``need_slides`` (the tile or embed
+    stage is to run) makes a missing ``path`` column, an empty path or a missing file an error;
+    without it such slides are kept with ``slide_available`` False.
     """
     manifest = Path(manifest)
     frame = read_manifest(manifest)
-    _check_columns(manifest, frame, cfg)
+    _check_columns(manifest, frame, need_slides)
     frame = frame.copy()
     frame["manifest_row"] = np.arange(len(frame)) + 2
     if PATIENT_ID not in frame.columns:
         frame[PATIENT_ID] = frame[SLIDE_ID]
     frame.loc[frame[PATIENT_ID] == "", PATIENT_ID] = frame[SLIDE_ID]
-    frame["path"] = [_resolve_path(manifest, p) for p in frame["path"]]
+    if PATH not in frame.columns:
+        frame[PATH] = ""
+    frame[PATH] = [resolve_path(manifest, p) for p in frame[PATH]]
 
     errors = [
         *_check_ids(frame),
-        *_check_paths(frame, cfg, check_slides),
+        *_check_paths(frame, cfg, check_slides, need_slides),
         *_check_mpp(frame),
         *_check_labels(frame, cfg),
         *_check_split_column(frame),
@@ -98,44 +116,47 @@ def validate_manifest(
     if "mpp" not in frame.columns:
         cohort["mpp"] = np.nan
     cohort[SPLIT] = assign_splits(cohort, cfg, seed)
+    cohort[SLIDE_AVAILABLE] = [slide_file_present(p) for p in cohort[PATH]]
     return cohort.reset_index(drop=True), sorted(errors, key=_error_order)
+
+
+def slide_file_present(path: object) -> bool:
+    """True when a cohort row's path names an existing file (False for a features-only slide)."""
+    return isinstance(path, str) and bool(path) and Path(path).is_file()
 
 
 def _error_order(err: RowError) -> tuple[int, str]:
     return (err.row or 0, err.column or "")
 
 
-def _check_columns(manifest: Path, frame: pd.DataFrame, cfg: CohortConfig) -> None:
+def _check_columns(manifest: Path, frame: pd.DataFrame, need_slides: bool) -> None:
     errors = []
+    found = ", ".join(frame.columns) or "none"
     for column in REQUIRED_COLUMNS:
         if column not in frame.columns:
-            errors.append(
-                RowError(
-                    1,
-                    column,
-                    f"required column is missing (found: {', '.join(frame.columns) or 'none'})",
-                    f"add a '{column}' column to the header",
-                )
-            )
-    declared = [c for c in [cfg.label, *cfg.confounders] if c]
-    for column in declared:
-        if column not in frame.columns:
-            errors.append(
-                RowError(
-                    1,
-                    column,
-                    "the config names this column but the manifest has none",
-                    f"add a '{column}' column, or change cohort.label / cohort.confounders in "
-                    "the config",
-                )
-            )
+            errors.append(RowError(1, column, f"required column is missing (found: {found})",
+                                   f"add a '{column}' column to the header"))
+    if need_slides and PATH not in frame.columns:
+        errors.append(missing_path_column(found))
     if len(frame) == 0 and not errors:
         errors.append(RowError(None, None, "the manifest has no rows", "add one row per slide"))
     if errors:
         raise ManifestError(str(manifest), errors)
 
 
-def _resolve_path(manifest: Path, value: str) -> str:
+def missing_path_column(found: str) -> RowError:
+    """The error of a manifest without slide paths when a stage that reads pixels is to run."""
+    return RowError(
+        1, PATH, f"the tile and embed stages read the slide files, but the manifest has no "
+        f"'{PATH}' column (found: {found})",
+        f"add a '{PATH}' column with each slide's file; or, for a cohort with features only, "
+        "leave tile and embed out: `pathosae cohort`, then `pathosae import-features`, then "
+        "`pathosae run --out RUN --from sae`",
+    )
+
+
+def resolve_path(manifest: Path, value: str) -> str:
+    """A manifest path made absolute (relative ones from the manifest's folder); '' stays ''."""
     if not value:
         return ""
     path = Path(value).expanduser()
@@ -176,12 +197,16 @@ def _check_ids(frame: pd.DataFrame) -> list[RowError]:
     return errors
 
 
-def _check_paths(frame: pd.DataFrame, cfg: CohortConfig, check_slides: bool) -> list[RowError]:
+def _check_paths(
+    frame: pd.DataFrame, cfg: CohortConfig, check_slides: bool, need_slides: bool
+) -> list[RowError]:
     errors = []
     extensions = {e.lower() for e in cfg.extensions}
     for row, slide_id, path in zip(
-        frame["manifest_row"], frame[SLIDE_ID], frame["path"], strict=True
+        frame["manifest_row"], frame[SLIDE_ID], frame[PATH], strict=True
     ):
+        if not need_slides and not (path and Path(path).exists()):
+            continue  # a features-only slide: recorded with slide_available False
         error = _path_error(row, slide_id, path, extensions, check_slides)
         if error is not None:
             errors.append(error)
@@ -192,7 +217,9 @@ def _path_error(
     row: int, slide_id: str, path: str, extensions: set[str], check_slides: bool
 ) -> RowError | None:
     if not path:
-        return RowError(row, "path", "empty path", "give the slide file's path", slide_id)
+        return RowError(row, PATH, "empty path", "give the slide file's path, or import the "
+                        "slide's features with `pathosae import-features` and leave tile and "
+                        "embed out", slide_id)
     file = Path(path)
     suffix = "".join(file.suffixes[-2:]).lower() if file.name.lower().endswith(
         (".ome.tif", ".ome.tiff")
@@ -200,7 +227,7 @@ def _path_error(
     if suffix not in extensions and file.suffix.lower() not in extensions:
         return RowError(
             row,
-            "path",
+            PATH,
             f"unsupported file type {file.suffix or '(none)'!r} for {path}",
             f"use a slide format OpenSlide reads ({', '.join(sorted(extensions))}) or add the "
             "extension to cohort.extensions",
@@ -208,16 +235,17 @@ def _path_error(
         )
     if not file.exists():
         return RowError(
-            row, "path", f"file not found: {path}", "correct the path (relative paths are "
-            "resolved from the manifest's folder)", slide_id,
+            row, PATH, f"file not found: {path}", "correct the path (relative paths are "
+            "resolved from the manifest's folder), or import the slide's features with "
+            "`pathosae import-features` and leave tile and embed out", slide_id,
         )
     if not file.is_file() or not os.access(file, os.R_OK):
-        return RowError(row, "path", f"not a readable file: {path}", "check permissions", slide_id)
+        return RowError(row, PATH, f"not a readable file: {path}", "check permissions", slide_id)
     if check_slides:
         try:
             open_slide(file, slide_id).close()
         except SlideError as exc:
-            return RowError(row, "path", f"{exc.reason}: {path}", exc.fix or "replace the file",
+            return RowError(row, PATH, f"{exc.reason}: {path}", exc.fix or "replace the file",
                             slide_id)
     return None
 
@@ -249,8 +277,8 @@ def _check_mpp(frame: pd.DataFrame) -> list[RowError]:
 
 
 def _check_labels(frame: pd.DataFrame, cfg: CohortConfig) -> list[RowError]:
-    if not cfg.label:
-        return []
+    if not cfg.label or cfg.label not in frame.columns:
+        return []  # a missing label column is the error of the stages that use it
     errors = []
     label = cfg.label
     for row, slide_id, value in zip(
@@ -333,7 +361,8 @@ def assign_splits(cohort: pd.DataFrame, cfg: CohortConfig, seed: int) -> pd.Seri
         return split
     rng = np.random.default_rng(seed)
     fractions = cfg.split
-    strata = todo[cfg.label] if cfg.label else pd.Series("all", index=todo.index)
+    has_label = cfg.label is not None and cfg.label in todo.columns
+    strata = todo[cfg.label] if has_label else pd.Series("all", index=todo.index)
     patient_split: dict[str, str] = {}
     for _, group in todo.groupby(strata, sort=True):
         patients = np.array(sorted(group[PATIENT_ID].unique()), dtype=object)
@@ -367,19 +396,30 @@ def errors_table(errors: list[RowError]) -> pd.DataFrame:
 
 
 def build_cohort(
-    run: RunDir, manifest: str | os.PathLike[str], cfg: PathosaeConfig, on_error: OnError
+    run: RunDir, manifest: str | os.PathLike[str], cfg: PathosaeConfig, on_error: OnError,
+    need_slides: bool = False,
 ) -> dict[str, object]:
-    """Validate the manifest and write RUN/cohort.parquet (and the skipped rows' errors)."""
-    cohort, errors = validate_manifest(manifest, cfg.cohort, on_error, seed=cfg.seed)
+    """Validate the manifest and write RUN/cohort.parquet (and the skipped rows' errors).
+
+    ``need_slides``: the tile or embed stage runs next, so every slide file must be there.
+    """
+    cohort, errors = validate_manifest(manifest, cfg.cohort, on_error, seed=cfg.seed,
+                                       need_slides=need_slides)
     write_parquet_atomic(run.cohort_path, cohort)
     write_text_atomic(run.cohort_errors_path, errors_table(errors).to_csv(index=False))
+    absent = cohort.loc[~cohort[SLIDE_AVAILABLE], SLIDE_ID].astype(str).tolist()
     return {
         "n_slides": len(cohort),
         "n_patients": int(cohort[PATIENT_ID].nunique()),
         "splits": {k: int(v) for k, v in cohort[SPLIT].value_counts().sort_index().items()},
         "skipped": [e.slide_id or f"row {e.row}" for e in errors],
         "manifest_sha256": sha256_file(manifest),
+        "n_slides_unavailable": len(absent),
+        "slides_unavailable": absent[:SUMMARY_IDS],
     }
+
+
+SUMMARY_IDS = 10  # slide ids listed in a summary (run.json stays small on large cohorts)
 
 
 _TCGA_BARCODE = re.compile(r"^TCGA-([A-Z0-9]{2})-([A-Z0-9]{4})(?:-|$)", re.IGNORECASE)

@@ -6,16 +6,19 @@ the whole table; the top flagged hits per variable get a mixed-model and a permu
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
 from pathosae.config import PathosaeConfig
 from pathosae.confounders import confirm
 from pathosae.confounders.aggregate import patient_metadata, patients_with_several_slides
-from pathosae.confounders.collect import CodeModel, Collected, codes_and_recon
+from pathosae.confounders.collect import CodeModel, Collected, codes_and_recon, conditions_for
+from pathosae.confounders.findings import add_findings
 from pathosae.confounders.scan import Kind, add_qvalues, association_scan, infer_kind
 from pathosae.errors import StageError
-from pathosae.schema import PATIENT_ID
+from pathosae.schema import PATIENT_ID, UNIT_STABILITY
 
 
 def scan_columns(
@@ -81,6 +84,27 @@ def associations_table(
     return table
 
 
+def unit_stability(sae_dir: Path) -> pd.Series | None:
+    """Per unit, stable across SAE seeds (the SAE stage's table), or None when not measured."""
+    path = sae_dir / UNIT_STABILITY
+    if not path.is_file():
+        return None
+    table = pd.read_parquet(path, columns=["unit", "stable"])
+    return pd.Series(table["stable"].to_numpy(bool), index=table["unit"].to_numpy(int))
+
+
+def unit_findings(
+    associations: pd.DataFrame, data: Collected, variables: list[str], covariates: list[str],
+    kinds: dict[str, Kind], cfg: PathosaeConfig, stability: pd.Series | None,
+) -> pd.DataFrame:
+    """Specific, large-enough, stable units (see :mod:`pathosae.confounders.findings`)."""
+    ccfg, label = cfg.confounders, cfg.cohort.label
+    confounders = [v for v in variables if v != label]
+    return add_findings(associations, data.codes, data.slides, confounders, label, covariates, kinds,
+                        ccfg.correlation, ccfg.specificity_permutations, ccfg.seed,
+                        ccfg.min_effect, stability)
+
+
 def _slides_tested(meta: pd.DataFrame, covariates: list[str]) -> dict[str, int]:
     out = {}
     for var in meta.columns:
@@ -104,8 +128,8 @@ def confirm_hits(
     if hits.empty:
         return associations
     units = np.unique(hits["unit"].to_numpy(int))
-    tile_codes = codes_and_recon(sae, data.tile_features)[0][:, units]
     tiles = data.slides.iloc[data.tile_slide].reset_index(drop=True)
+    tile_codes = codes_and_recon(sae, data.tile_features, conditions_for(sae, tiles))[0][:, units]
     cov_kinds = {c: kinds[c] for c in covariates}
     for (variable, aggregation), group in hits.groupby(["variable", "aggregation"]):
         cols = np.searchsorted(units, group["unit"].to_numpy(int))

@@ -120,15 +120,41 @@ def baseline_representations(
     return reps
 
 
-def codes_and_recon(sae: CodeModel, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def conditions_for(sae: CodeModel, frame: pd.DataFrame) -> np.ndarray | None:
+    """Level codes of ``frame``'s rows for a confounder-aware SAE (None for the others)."""
+    if not getattr(sae, "needs_conditions", False):
+        return None
+    return np.asarray(sae.level_codes(frame))  # type: ignore[attr-defined]
+
+
+def codes_and_recon(
+    sae: CodeModel, features: np.ndarray, conditions: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Codes and reconstructions in batches, on the model's device (a GPU when it is there).
+
+    ``conditions`` (rows × confounders level codes) for a confounder-aware SAE: its codes and
+    reconstruction use each row's own offsets."""
     codes, recon = [], []
+    params = getattr(sae, "parameters", None)
+    device = next(iter(params()), torch.empty(0)).device if callable(params) else None
     with torch.no_grad():
         for start in range(0, len(features), _ENCODE_BATCH):
-            x = torch.as_tensor(np.asarray(features[start:start + _ENCODE_BATCH], np.float32))
-            z = sae.encode(x)
-            codes.append(z.numpy())
-            recon.append(sae.decode(z).numpy())
+            x = torch.as_tensor(np.asarray(features[start:start + _ENCODE_BATCH], np.float32),
+                                device=device)
+            if conditions is None:
+                z, x_hat = _encode_decode(sae, x)
+            else:
+                rows = torch.as_tensor(conditions[start:start + _ENCODE_BATCH], device=device)
+                z = sae.encode(x, rows)  # type: ignore[call-arg]
+                x_hat = sae.decode(z, rows)  # type: ignore[call-arg]
+            codes.append(z.cpu().numpy())
+            recon.append(x_hat.cpu().numpy())
     return np.concatenate(codes), np.concatenate(recon)
+
+
+def _encode_decode(sae: CodeModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    z = sae.encode(x)
+    return z, sae.decode(z)
 
 
 def collect(
@@ -159,7 +185,9 @@ def collect(
                 f"features of slide {sid!r} are empty or hold NaN/inf (shape {features.shape}). "
                 "Fix: re-embed that slide (`pathosae embed`)."
             )
-        codes, recon = codes_and_recon(sae, features)
+        slide_codes = conditions_for(sae, slides.iloc[[i]])
+        codes, recon = codes_and_recon(
+            sae, features, None if slide_codes is None else np.repeat(slide_codes, len(features), 0))
         for name, vec in summarise_tiles(codes, ccfg.aggregations, ccfg.quantile,
                                          ccfg.active_threshold).items():
             sums[name].append(vec.astype(np.float32))
@@ -180,7 +208,8 @@ def representations(data: Collected, sae: CodeModel, level: str) -> dict[str, np
         return {"embedding": data.embedding_mean, "sae_codes": data.codes["mean"]
                 if "mean" in data.codes else next(iter(data.codes.values())),
                 "sae_residual": data.residual_mean}
-    codes, recon = codes_and_recon(sae, data.tile_features)
+    codes, recon = codes_and_recon(sae, data.tile_features,
+                                   conditions_for(sae, metadata_for(data, "tile")))
     return {"embedding": data.tile_features, "sae_codes": codes,
             "sae_residual": data.tile_features - recon}
 

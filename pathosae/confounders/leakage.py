@@ -140,7 +140,10 @@ def _scores(target: np.ndarray, proba: np.ndarray, classes: np.ndarray) -> tuple
     else:
         present = np.isin(classes, np.unique(target))
         p = proba[:, present] / np.clip(proba[:, present].sum(axis=1, keepdims=True), 1e-12, None)
-        auroc = roc_auc_score(target, p, multi_class="ovr", labels=classes[present])
+        if present.sum() == 2:  # two of several levels in this fold: a binary AUROC
+            auroc = roc_auc_score(target == classes[present][1], p[:, 1])
+        else:
+            auroc = roc_auc_score(target, p, multi_class="ovr", labels=classes[present])
     return float(bacc), float(auroc)
 
 

@@ -12,7 +12,13 @@ import pandas as pd
 from pathosae.config import PathosaeConfig
 from pathosae.confounders.associations import associations_table
 from pathosae.confounders.baselines import combat_train_apply
-from pathosae.confounders.collect import CodeModel, Collected, codes_and_recon, representations
+from pathosae.confounders.collect import (
+    CodeModel,
+    Collected,
+    codes_and_recon,
+    conditions_for,
+    representations,
+)
 from pathosae.confounders.controls import permuted_null_repeats, scan_counts, summarise_null
 from pathosae.confounders.leakage import leakage_table
 from pathosae.confounders.pathorob import pathorob_table
@@ -67,7 +73,7 @@ def pathorob_rows(
     if label is None or label not in data.slides:
         return pd.DataFrame()
     meta = data.slides.iloc[data.tile_slide].reset_index(drop=True)
-    codes = codes_and_recon(sae, data.tile_features)[0]
+    codes = codes_and_recon(sae, data.tile_features, conditions_for(sae, meta))[0]
     reps = {"embedding": data.tile_features, "sae_codes": codes, **(extra or {})}
     confs = [v for v in categorical if v != label]
     return pathorob_table(reps, meta, label, confs, cfg.confounders.k_neighbors,

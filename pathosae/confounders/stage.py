@@ -35,7 +35,13 @@ import pandas as pd
 from pathosae.cohort.table import load_cohort
 from pathosae.config import PathosaeConfig
 from pathosae.confounders import plots
-from pathosae.confounders.associations import associations_table, confirm_hits, scan_columns
+from pathosae.confounders.associations import (
+    associations_table,
+    confirm_hits,
+    scan_columns,
+    unit_findings,
+    unit_stability,
+)
 from pathosae.confounders.collect import (
     Baseline,
     CodeModel,
@@ -58,9 +64,10 @@ from pathosae.confounders.probes import (
 )
 from pathosae.confounders.summary import summarise
 from pathosae.confounders.truth import TruthScorer, truth_scorer
+from pathosae.devices import resolve_device
 from pathosae.features import FeatureStore
 from pathosae.fingerprint import current_summary, file_hash, input_fingerprint
-from pathosae.inputs import select_sae_dir
+from pathosae.inputs import analysed_features, select_sae_dir
 from pathosae.io import settings_hash, write_json_atomic, write_parquet_atomic
 from pathosae.progress import step
 from pathosae.run import RunDir
@@ -88,7 +95,7 @@ OUTPUTS = (ASSOCIATIONS, LEAKAGE, PATHOROB, ROBUSTNESS, DIRECTIONS, DIRECTIONS_J
 # ---- entry point ------------------------------------------------------------------------------
 def run_stage(run: RunDir, cfg: PathosaeConfig, on_error: OnError) -> dict[str, Any]:
     """Run the confounder analysis of a run; skipped when settings and inputs are unchanged."""
-    encoder = cfg.embedding.encoder
+    encoder = analysed_features(cfg)
     run.require(run.features_dir(encoder), "embed")
     sae_dir = select_sae_dir(run, cfg.confounders.sae)
     cohort = load_cohort(run)
@@ -103,7 +110,8 @@ def run_stage(run: RunDir, cfg: PathosaeConfig, on_error: OnError) -> dict[str, 
         "inputs": input_fingerprint(run, encoder, sae_dir, store.slide_ids),
         "baselines": {role: input_fingerprint(run, name, sae, store.slide_ids)
                       for role, (name, sae) in sources.items()},
-        "ground_truth": file_hash(gt_dir / "params.json") if gt_dir else None,
+        "ground_truth": (file_hash(gt_dir / "params.json") or file_hash(gt_dir / "truth.json"))
+        if gt_dir else None,
         "truth_encoder": cfg.section_dump("embedding") if gt_dir else None,
     })
     out_dir = run.root / CONFOUNDERS_DIR
@@ -111,14 +119,14 @@ def run_stage(run: RunDir, cfg: PathosaeConfig, on_error: OnError) -> dict[str, 
     previous = current_summary(out_dir / SUMMARY, key, expected)
     if previous is not None:
         return {**previous, "skipped": True}
-    sae = load_sae(sae_dir)
+    sae = load_sae(sae_dir).to(resolve_device(cfg.sae.device, "sae.device"))
     baselines = {}
     for role, (name, sae_path) in sources.items():
         role_sae = None if sae_path is None else sae if sae_path == sae_dir else load_sae(sae_path)
         baselines[role] = Baseline(name, FeatureStore(run, name), role_sae)
     truth = truth_scorer(run, gt_dir, cfg, store, sae) if gt_dir else None
     return analyse(store, sae, cohort, cfg, out_dir, key, on_error, sae_name=sae_dir.name,
-                   baselines=baselines, truth=truth)
+                   baselines=baselines, truth=truth, stability=unit_stability(sae_dir))
 
 
 def baseline_sources(
@@ -152,8 +160,12 @@ def analyse(  # noqa: PLR0913 - the stage's inputs, each named for tests that ca
     sae_name: str = "sae",
     baselines: Mapping[str, Baseline] | None = None,
     truth: TruthScorer | None = None,
+    stability: pd.Series | None = None,
 ) -> dict[str, Any]:
-    """Compute and write every output of the stage; returns the JSON summary."""
+    """Compute and write every output of the stage; returns the JSON summary.
+
+    ``stability`` (per unit: stable across SAE seeds, from the SAE stage) joins the findings.
+    """
     baselines = baselines or {}
     variables, covariates, kinds = scan_columns(cohort, cfg)
     data = collect(store, sae, cohort, cfg, on_error)
@@ -161,6 +173,8 @@ def analyse(  # noqa: PLR0913 - the stage's inputs, each named for tests that ca
     associations = associations_table(data, variables, covariates, kinds, cfg)
     step("confounders", "confirming the top hits (mixed models, permutations)")
     associations = confirm_hits(associations, data, sae, covariates, kinds, cfg)
+    step("confounders", "findings: specific beyond the label, large enough, stable")
+    associations = unit_findings(associations, data, variables, covariates, kinds, cfg, stability)
     categorical = [v for v in variables if kinds[v] == "categorical"]
     extra, skipped_baselines = collect_baselines(baselines, data, cfg)
     step("confounders", "leakage probes and ComBat")

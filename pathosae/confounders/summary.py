@@ -16,6 +16,11 @@ def summarise(
 ) -> dict[str, Any]:
     flagged = associations[associations["flagged"]]
     per_variable = {str(v): int(g["unit"].nunique()) for v, g in flagged.groupby("variable")}
+    findings = {}
+    if "finding" in associations and associations["finding"].notna().any():
+        held_up = associations[associations["finding"].fillna(False).astype(bool)]
+        findings = {str(v): int(held_up.loc[held_up["variable"] == v, "unit"].nunique())
+                    for v in associations.loc[associations["finding"].notna(), "variable"].unique()}
     auroc = {}
     if not leakage.empty:
         main = leakage[(leakage["subset"] == "all") & (leakage["scheme"] == "patient_folds")]
@@ -29,6 +34,7 @@ def summarise(
         "skipped_slides": data.missing,
         "fdr_alpha": alpha,
         "flagged_units": per_variable,
+        "findings": findings,
         "probe_auroc": auroc,
         "plots": [f"{k}.png" for k, ok in plotted.items() if ok],
     }

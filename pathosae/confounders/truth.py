@@ -45,7 +45,15 @@ _BATCH = 32
 def truth_scorer(
     run: RunDir, gt_dir: Path, cfg: PathosaeConfig, store: SlideFeatures, sae: CodeModel
 ) -> TruthScorer:
-    """Scores the analysis's flagged units against the effects planted in ``gt_dir``."""
+    """Scores the analysis's flagged units against the effects planted in ``gt_dir``: the atoms
+    and directions of a ``synth-features`` cohort, else the image-level counterfactual renders."""
+    # Only a synthetic cohort's run gets here (the config names its ground truth folder).
+    from pathosae.synth.feature_groundtruth import is_feature_truth
+
+    if is_feature_truth(gt_dir):
+        from pathosae.synth.feature_scorer import feature_truth_scorer
+
+        return feature_truth_scorer(gt_dir, cfg, store, sae)
 
     def score(data: Collected, associations: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
         return score_ground_truth(run, gt_dir, cfg, data.slides, store.load,

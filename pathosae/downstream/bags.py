@@ -170,6 +170,27 @@ def _sample_rows(slide_ids: np.ndarray, cap: int | None, seed: int) -> np.ndarra
     return np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
 
 
+def capped_rows(counts: np.ndarray, cap: int | None, seed: int) -> np.ndarray:
+    """The rows ``Bags.from_tiles`` keeps, for slides stored one after the other with ``counts``
+    tiles each: the same seeded draw, computed from the counts alone (no per-tile index)."""
+    rng = np.random.default_rng(seed)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    kept = []
+    for start, n in zip(starts, counts, strict=True):
+        local = np.arange(n, dtype=np.int64)
+        if cap is not None and n > cap:
+            local = np.sort(rng.choice(local, size=cap, replace=False))
+        kept.append(start + local)
+    return np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
+
+
+def per_slide_cap(n_slides: int, max_tiles_per_slide: int, max_tiles: int | None) -> int:
+    """Tiles per slide so that the bags hold at most ``max_tiles`` tiles in all."""
+    if max_tiles is None or n_slides == 0:
+        return max_tiles_per_slide
+    return max(1, min(max_tiles_per_slide, max_tiles // n_slides))
+
+
 def concat_bags(parts: list[Bags]) -> Bags:
     """Slides of several bags one after the other (same classes and metadata columns)."""
     offsets = np.cumsum([0] + [p.n_slides for p in parts[:-1]])

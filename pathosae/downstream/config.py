@@ -20,6 +20,14 @@ class DownstreamConfig(BaseModel):
     max_tiles_per_slide: int = Field(
         256, ge=1, description="Tiles sampled per slide (seeded) so bags fit in memory."
     )
+    device: str = Field(
+        "auto", description="auto, cpu, cuda or cuda:N: where the model trains (it predicts on "
+        "the CPU, so figures do not depend on it beyond floating-point order).",
+    )
+    max_tiles: int = Field(
+        200_000, ge=1, description="Tiles held in memory in all; the per-slide sample shrinks to "
+        "fit (bounds memory for cohorts of thousands of slides).",
+    )
 
 
 LEAVE_ONE_SITE_OUT = "leave_one_site_out"
@@ -35,6 +43,11 @@ class SplitSettings(BaseModel):
     site_column: str = "site"
     train_split: str = "train"
     normal_split: str = Field("val", description="Held-out split with the training correlation.")
+    derived_normal_fraction: float = Field(
+        0.2, gt=0, lt=1, description="When no slide is in normal_split (a manifest with only "
+        "train and test): the share of training patients (per class, seeded) held out as the "
+        "normal test instead; the tables' normal_test column says so.",
+    )
     shifted_split: str = Field(
         "test", description="Split where the label–site link is broken, or leave_one_site_out: "
         "every slide of held_out_site is the shifted test and leaves the train and normal splits.",

@@ -3,13 +3,19 @@
 The shifted test is either a named split of the manifest (the synthetic generator writes one
 with the label–site link reversed) or, on a real cohort, one held-out site: every slide of that
 site is tested and none trains (leave-one-site-out).
+
+The normal test is the manifest's ``normal_split`` (``val``); a cohort without one (a manifest
+with only train and test, a common layout) gets it from held-out training patients:
+:func:`derive_normal_split` moves a seeded share of them per class (``derived_normal_fraction``)
+into it, and :attr:`Splits.normal_source` says so for the tables.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
+import pandas as pd
 
 from pathosae.downstream.bags import Bags, concat_bags
 from pathosae.downstream.config import LEAVE_ONE_SITE_OUT, SplitSettings
@@ -17,22 +23,37 @@ from pathosae.errors import StageError
 
 MIN_TRAIN_SLIDES_PER_CLASS = 2
 MIN_EVAL_SLIDES = 2
+DERIVED_NORMAL_SEED = 0  # one draw for every stage, so the edit and sharpen tables agree
 
 
 @dataclass
 class Splits:
-    """Training slides, a held-out split with the training correlation and a shifted one."""
+    """Training slides, a held-out split with the training correlation and a shifted one.
+
+    ``normal_source`` says where the normal test comes from: ``split 'val'``, or the share of
+    training patients it was derived from when the cohort has no such split.
+    """
 
     train: Bags
     normal: Bags
     shifted: Bags
+    normal_source: str = field(default="", init=False)  # set by cohort_splits
 
     def pooled_test(self) -> Bags:
         return concat_bags([self.normal, self.shifted])
 
 
 def cohort_splits(bags: Bags, settings: SplitSettings) -> tuple[Splits, str | None]:
-    """The splits ``settings`` name, and the held-out site (None unless leave-one-site-out)."""
+    """The splits ``settings`` name, and the held-out site (None unless leave-one-site-out).
+
+    Without slides in the normal split, it is derived from training patients first."""
+    bags, source = derive_normal_split(bags, settings)
+    splits, site = _named_splits(bags, settings)
+    splits.normal_source = source
+    return splits, site
+
+
+def _named_splits(bags: Bags, settings: SplitSettings) -> tuple[Splits, str | None]:
     if settings.shifted_split != LEAVE_ONE_SITE_OUT:
         return make_splits(bags, settings.train_split, settings.normal_split,
                            settings.shifted_split), None
@@ -52,6 +73,48 @@ def cohort_splits(bags: Bags, settings: SplitSettings) -> tuple[Splits, str | No
         f"no site can be held out: {'; '.join(problems)}. Fix: name a shifted split of the "
         "manifest in shifted_split, or add slides so a site can leave training."
     )
+
+
+def derive_normal_split(bags: Bags, settings: SplitSettings) -> tuple[Bags, str]:
+    """The bags with a normal split, and where it comes from.
+
+    A cohort with slides in ``normal_split`` is returned as is. Otherwise a seeded
+    ``derived_normal_fraction`` of the training patients of each class (a patient's class is that
+    of its first slide; at least one, never all) is relabelled ``normal_split``: the normal test
+    then keeps the training correlation, as a ``val`` split of the manifest would.
+    """
+    normal, train = settings.normal_split, settings.train_split
+    if (bags.split == normal).any():
+        return bags, f"split {normal!r}"
+    is_train = bags.split == train
+    if not is_train.any():
+        return bags, f"split {normal!r}"  # make_splits names the missing training split
+    fraction = settings.derived_normal_fraction
+    held = held_out_patients(bags.patient[is_train], bags.y.numpy()[is_train], fraction,
+                             DERIVED_NORMAL_SEED)
+    if not held:
+        raise StageError(
+            f"the cohort has no slide in split {normal!r}, and its training split is too small "
+            f"to hold out {fraction:.0%} of its patients as the normal test. Fix: add a "
+            f"'{normal}' split to the manifest's split column, or add training patients."
+        )
+    split = np.where(is_train & np.isin(bags.patient, sorted(held)), normal, bags.split)
+    source = (f"derived: {fraction:.0%} of training patients ({len(held)} patients, seed "
+              f"{DERIVED_NORMAL_SEED}); the cohort has no {normal!r} split")
+    return replace(bags, split=split), source
+
+
+def held_out_patients(patients: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> set[str]:
+    """A seeded ``fraction`` of the patients of each class (round, at least one, never all)."""
+    rng = np.random.default_rng(seed)
+    first = pd.DataFrame({"patient": patients, "y": y}).drop_duplicates("patient")
+    held: set[str] = set()
+    for _, group in first.groupby("y", sort=True):
+        names = np.array(sorted(group["patient"].astype(str)), dtype=object)
+        n_out = min(max(1, round(fraction * len(names))), len(names) - 1)
+        if n_out >= 1:
+            held |= set(rng.choice(names, size=n_out, replace=False).tolist())
+    return held
 
 
 def label_skew(bags: Bags) -> dict[str, float]:

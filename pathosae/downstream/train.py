@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor
 
+from pathosae.devices import resolve_device
 from pathosae.downstream.bags import Bags
 from pathosae.downstream.config import DownstreamConfig
 from pathosae.downstream.model import AdapterMIL
@@ -49,17 +50,20 @@ def train_downstream(
         model.fit_scaler(bags.x)
     else:
         model = copy.deepcopy(init)
-    x_pad, mask = bags.padded()
-    t_pad = _pad_like(bags, target) if target is not None else None
+    device = resolve_device(cfg.device, "downstream.device")
+    x_pad, mask = (t.to(device) for t in bags.padded())
+    t_pad = _pad_like(bags, target).to(device) if target is not None else None
+    y = bags.y.to(device)
+    model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    weights = _class_weights(bags.y, len(bags.classes))
+    weights = _class_weights(bags.y, len(bags.classes)).to(device)
     model.train()
     for _ in range(cfg.epochs):
         order = torch.randperm(bags.n_slides, generator=generator)
         for start in range(0, bags.n_slides, cfg.batch_slides):
-            idx = order[start : start + cfg.batch_slides]
+            idx = order[start : start + cfg.batch_slides].to(device)
             logits, h = model(x_pad[idx], mask[idx])
-            loss = F.cross_entropy(logits, bags.y[idx], weight=weights)
+            loss = F.cross_entropy(logits, y[idx], weight=weights)
             if t_pad is not None and aux_weight > 0:
                 m = mask[idx]
                 loss = loss + aux_weight * aux_loss(h[m], t_pad[idx][m])
@@ -67,7 +71,7 @@ def train_downstream(
             loss.backward()
             opt.step()
     model.eval()
-    return model
+    return model.cpu()
 
 
 def _class_weights(y: Tensor, n_classes: int) -> Tensor:

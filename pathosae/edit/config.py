@@ -33,6 +33,10 @@ class EditConfig(SplitSettings):
         64, ge=1, description="At most this many flagged units (smallest q first) per edit."
     )
     random_draws: int = Field(5, ge=1, description="Random-unit edits of the same size.")
+    retrain_max_draws: int | None = Field(
+        5, ge=0, description="Random draws also measured retrained (each retrains the downstream "
+        "model); the others are measured applied only. null: every draw.",
+    )
     modes: list[str] = Field(default_factory=lambda: ["applied", "retrained"])
     seed: int = 0
     downstream: DownstreamConfig = Field(default_factory=DownstreamConfig)

@@ -26,16 +26,22 @@ from pathosae.edit.effects import (
     Candidate,
     SplitsEdit,
     combat_candidate,
+    confounder_aware_candidate,
     editor_candidate,
     missing_candidate,
     replacement_candidate,
 )
 from pathosae.edit.spec import Ablate, EditSpec, Leace, ProjectOut, RandomUnits
 from pathosae.features import FeatureStore
-from pathosae.inputs import load_run_bags
+from pathosae.inputs import analysed_features, load_run_bags
+from pathosae.io import read_json
 from pathosae.run import RunDir
 from pathosae.sae.base import SAE
+from pathosae.sae.conditional import ConditionedTopKSAE as ConditionedSAE
+from pathosae.sae.io import load_sae
 from pathosae.sae.metrics import encode_rows
+from pathosae.sae.registry import get_architecture
+from pathosae.schema import SAE_CONFIG, SAE_WEIGHTS
 
 
 def default_specs(
@@ -101,9 +107,11 @@ def training_scan(
 def build_candidates(
     specs: list[tuple[EditSpec, str]], counts: dict[str, int], sae: SAE,
     directions: dict[str, np.ndarray], ecfg: EditConfig, stain_features: object | None,
+    aware: dict[str, ConditionedSAE] | None = None,
 ) -> list[Candidate]:
-    """Candidates for the specs, random-unit draws matching each flagged-unit edit, ComBat and
-    stain normalisation (missing unless stain-normalised features exist)."""
+    """Candidates for the specs, random-unit draws matching each flagged-unit edit, the edits of
+    the run's confounder-aware SAEs (``aware``, by folder name), ComBat and stain normalisation
+    (missing unless stain-normalised features exist)."""
     out = [editor_candidate(s.name, kind, Editor(s, sae, directions), train_tile_metadata)
            for s, kind in specs]
     for i, (var, n) in enumerate(counts.items()):
@@ -112,6 +120,8 @@ def build_candidates(
             seed = ecfg.seed + 1000 * i + draw
             spec = EditSpec(name=f"random_units_{var}_{draw}", ops=[RandomUnits(count=n, seed=seed)])
             out.append(editor_candidate(spec.name, "random", Editor(spec, sae), train_tile_metadata, draw))
+    out += [confounder_aware_candidate(f"{name}_edit", model, ecfg.site_column)
+             for name, model in (aware or {}).items()]
     out.append(combat_candidate(ecfg.site_column))
     if isinstance(stain_features, Splits):
         out.append(replacement_candidate("stain_normalisation", stain_features))
@@ -139,6 +149,19 @@ def _ticked(edit: SplitsEdit, name: str, tick: Callable[[str], None]) -> SplitsE
     return run
 
 
+def confounder_aware_saes(run: RunDir) -> dict[str, ConditionedSAE]:
+    """The run's confounder-aware SAEs (RUN/sae/<name>/ of a conditioned architecture)."""
+    root = run.root / "sae"
+    found = {}
+    for weights in sorted(root.glob(f"*/{SAE_WEIGHTS}")) if root.is_dir() else []:
+        architecture = read_json(weights.parent / SAE_CONFIG).get("architecture", "")
+        if getattr(get_architecture(architecture), "needs_conditions", False):
+            model = load_sae(weights.parent)
+            assert isinstance(model, ConditionedSAE), architecture
+            found[weights.parent.name] = model
+    return found
+
+
 def stain_normalised_splits(run: RunDir, cfg: PathosaeConfig, ecfg: EditConfig) -> Splits | str:
     """The same slides and sampled tiles from the stain-normalised features, or why not."""
     name = cfg.embedding.stainnorm_name()
@@ -146,10 +169,11 @@ def stain_normalised_splits(run: RunDir, cfg: PathosaeConfig, ecfg: EditConfig) 
     if not folder.is_dir():
         return (f"no stain-normalised features (RUN/features/{name}); set embedding.baselines: "
                 "[stain_normalised] and re-run the embed stage")
-    main, stain = FeatureStore(run, cfg.embedding.encoder), FeatureStore(run, name)
+    main, stain = FeatureStore(run, analysed_features(cfg)), FeatureStore(run, name)
     if stain.counts() != main.counts():
         return (f"RUN/features/{name} does not hold the same slides and tiles as the main "
                 "features (embedding unfinished?); re-run the embed stage")
     bags = load_run_bags(run, cfg, ecfg.site_column, ecfg.downstream.max_tiles_per_slide,
-                         ecfg.seed, ecfg.confounders or list(cfg.cohort.confounders), features=name)
+                         ecfg.seed, ecfg.confounders or list(cfg.cohort.confounders), features=name,
+                         max_tiles=ecfg.downstream.max_tiles)
     return cohort_splits(bags, ecfg)[0]

@@ -17,8 +17,9 @@ shifted-test balanced accuracy minus no edit's (same mode), is paired.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -42,6 +43,7 @@ from pathosae.downstream.train import predict_proba, train_downstream
 from pathosae.edit.editor import Editor
 from pathosae.edit.robustness import pooled_robustness
 from pathosae.errors import PathosaeError, StageError
+from pathosae.sae.conditional import ConditionedTopKSAE as ConditionedSAE
 from pathosae.uncertainty import Resamples, patient_resamples, percentile_interval
 
 if TYPE_CHECKING:
@@ -98,6 +100,26 @@ def combat_candidate(site_column: str = "site") -> Candidate:
     return Candidate("combat", "baseline", edit)
 
 
+def confounder_aware_candidate(name: str, sae: ConditionedSAE, site_column: str) -> Candidate:
+    """A confounder-aware SAE's own edit (``topk_offsets``: each tile's offsets replaced by the
+    mean offset; ``topk_reserved``: the reserved block ablated) on every split. Each tile is
+    encoded with its slide's levels and keeps the SAE's error: x − x̂(x, levels) + x̂_edit."""
+
+    def edit_bags(bags: Bags) -> Bags:
+        tiles = pd.DataFrame({site_column: bags.tile_site(),
+                              **{k: v[bags.slide.numpy()] for k, v in bags.meta.items()}})
+        codes = torch.as_tensor(sae.level_codes(tiles))
+        with torch.no_grad():
+            own = sae(bags.x, codes)[1]
+            edited = sae.edit(bags.x, codes)[1]
+        return bags.with_x((bags.x - own + edited).float())
+
+    def edit(splits: Splits) -> Splits:
+        return Splits(*(edit_bags(b) for b in (splits.train, splits.normal, splits.shifted)))
+
+    return Candidate(name, "edit", edit)
+
+
 def replacement_candidate(name: str, replacement: Splits) -> Candidate:
     """A baseline whose embeddings come from elsewhere for the same tiles (e.g. features of
     stain-normalised tiles): every split's embeddings are swapped for the replacement's."""
@@ -136,6 +158,7 @@ def effect_table(  # noqa: PLR0913 - the table's inputs and its optional measure
     robustness: bool = True,
     *,
     uncertainty: UncertaintyConfig | None = None,
+    retrain_max_draws: int | None = None,
 ) -> pd.DataFrame:
     """Evaluate every candidate in every mode; ``no_edit`` rows come first.
 
@@ -147,7 +170,9 @@ def effect_table(  # noqa: PLR0913 - the table's inputs and its optional measure
     then hold ``h``, and only the ``applied`` mode has a meaning).
 
     ``uncertainty`` (the config's section) sets the patient-level bootstrap intervals; None
-    leaves their columns NaN.
+    leaves their columns NaN. ``retrain_max_draws`` caps the random draws that are retrained
+    (the rest get a missing retrained row saying so). Each row's ``seconds`` is its cost: the
+    edit and its leakage probes (shared by the modes) plus its own retraining and scoring.
     """
     base_model = base_model or train_downstream(splits.train, cfg, seed)
     no_edit = Candidate("no_edit", "baseline", lambda s: s)
@@ -160,6 +185,7 @@ def effect_table(  # noqa: PLR0913 - the table's inputs and its optional measure
         if cand.edit is None:
             rows += [_missing_row(cand, mode) for mode in modes]
             continue
+        started = time.perf_counter()
         try:
             edited = cand.edit(splits)
             _require_finite(cand.name, edited)
@@ -172,7 +198,13 @@ def effect_table(  # noqa: PLR0913 - the table's inputs and its optional measure
             continue
         leak = pooled_leakage(edited, leakage_folds, seed)
         croma = pooled_robustness(edited, seed) if robustness else {}
+        shared = (time.perf_counter() - started) / len(modes)
         for mode in modes:
+            if _retrain_capped(cand, mode, retrain_max_draws):
+                rows.append(_missing_row(replace(cand, missing_reason=(
+                    f"draw not retrained (edit.retrain_max_draws={retrain_max_draws})")), mode))
+                continue
+            started = time.perf_counter()
             model = base_model if mode == "applied" else (
                 base_model if cand is no_edit else train_downstream(edited.train, cfg, seed)
             )
@@ -185,8 +217,14 @@ def effect_table(  # noqa: PLR0913 - the table's inputs and its optional measure
             row["delta_bacc_shifted_low"], row["delta_bacc_shifted_high"] = percentile_interval(
                 shifted - reference_shifted[mode], boot.level)
             row.update(croma)
+            row["seconds"] = round(shared + time.perf_counter() - started, 3)
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _retrain_capped(cand: Candidate, mode: str, cap: int | None) -> bool:
+    return (mode == "retrained" and cap is not None and cand.kind == "random"
+            and cand.draw is not None and cand.draw >= cap)
 
 
 def _require_finite(name: str, edited: Splits) -> None:

@@ -20,6 +20,7 @@ from pathosae.confounders.directions import load_directions
 from pathosae.downstream.splits import cohort_splits
 from pathosae.edit.defaults import (
     build_candidates,
+    confounder_aware_saes,
     default_specs,
     stain_normalised_splits,
     ticking,
@@ -30,7 +31,7 @@ from pathosae.edit.spec import EditSpec
 from pathosae.edit.user_specs import command_line_embedding_specs, embedding_specs, read_specs
 from pathosae.features import FeatureStore
 from pathosae.fingerprint import current_summary, file_hash, folder_fingerprint, input_fingerprint
-from pathosae.inputs import load_run_bags, select_sae_dir
+from pathosae.inputs import analysed_features, load_run_bags, select_sae_dir
 from pathosae.io import settings_hash, write_json_atomic, write_parquet_atomic, write_text_atomic
 from pathosae.progress import step, ticker
 from pathosae.run import RunDir
@@ -42,6 +43,7 @@ from pathosae.schema import (
     EDITS_DIR,
     EFFECTS,
     HELD_OUT_SITE,
+    NORMAL_TEST,
     SETTINGS_HASH,
     SUMMARY,
 )
@@ -58,11 +60,12 @@ def run_stage(
                   *command_line_embedding_specs(list(extra_specs or []))]
     sae_dir = select_sae_dir(run, ecfg.sae)
     conf_dir = run.root / CONFOUNDERS_DIR
-    store = FeatureStore(run, cfg.embedding.encoder)
+    features = analysed_features(cfg)
+    store = FeatureStore(run, features)
     key = settings_hash({
         "edit": ecfg.model_dump(mode="json"), "label": cfg.cohort.label,
         "specs": [s.model_dump(mode="json") for s in user_specs],
-        "inputs": input_fingerprint(run, cfg.embedding.encoder, sae_dir, store.slide_ids),
+        "inputs": input_fingerprint(run, features, sae_dir, store.slide_ids),
         "confounders": [file_hash(conf_dir / DIRECTIONS), file_hash(conf_dir / ASSOCIATIONS)],
         "stain_normalised": folder_fingerprint(run.features_dir(cfg.embedding.stainnorm_name())),
         "uncertainty": cfg.uncertainty.model_dump(mode="json"),
@@ -84,7 +87,8 @@ def embedding_effects(
     conf_dir, out_dir = run.root / CONFOUNDERS_DIR, run.root / EDITS_DIR
     variables = ecfg.confounders or list(cfg.cohort.confounders)
     bags = load_run_bags(
-        run, cfg, ecfg.site_column, ecfg.downstream.max_tiles_per_slide, ecfg.seed, variables
+        run, cfg, ecfg.site_column, ecfg.downstream.max_tiles_per_slide, ecfg.seed, variables,
+        max_tiles=ecfg.downstream.max_tiles,
     )
     variables = [v for v in variables if v == ecfg.site_column or v in bags.meta]
     splits, held_out_site = cohort_splits(bags, ecfg)
@@ -104,17 +108,21 @@ def embedding_effects(
     specs, counts = default_specs(variables, associations, directions, ecfg)
     specs += [(s, "edit") for s in user_specs]
     stain = stain_normalised_splits(run, cfg, ecfg)
-    candidates = build_candidates(specs, counts, sae, directions, ecfg, stain_features=stain)
+    candidates = build_candidates(specs, counts, sae, directions, ecfg, stain_features=stain,
+                                  aware=confounder_aware_saes(run))
     measured = sum(c.edit is not None for c in candidates)
     step("edit", f"effect table: the unedited downstream model, then {measured} edits and baselines")
     with ticker("edit: candidates", measured, unit="edit") as tick:
         table = effect_table(splits, ticking(candidates, tick), ecfg.downstream, ecfg.seed,
                              modes=tuple(ecfg.modes), leakage_folds=ecfg.leakage_folds,
-                             uncertainty=cfg.uncertainty)
+                             uncertainty=cfg.uncertainty,
+                             retrain_max_draws=ecfg.retrain_max_draws)
     table.insert(0, SETTINGS_HASH, key)
     table.insert(1, HELD_OUT_SITE, held_out_site)
+    table.insert(2, NORMAL_TEST, splits.normal_source)
     for spec, _ in specs:
         write_text_atomic(out_dir / f"{spec.name}.json", spec.to_json())
     write_parquet_atomic(out_dir / EFFECTS, table)
     return {SETTINGS_HASH: key, "n_rows": len(table), "edits": [s.name for s, _ in specs],
-            "flagged_units": counts, "sae": sae_dir.name, HELD_OUT_SITE: held_out_site}
+            "flagged_units": counts, "sae": sae_dir.name, HELD_OUT_SITE: held_out_site,
+            NORMAL_TEST: splits.normal_source}

@@ -16,9 +16,9 @@ from typing import Literal
 
 import torch
 
+from pathosae import devices
 from pathosae.config import EmbeddingConfig
 from pathosae.encoders.registry import EncoderSpec
-from pathosae.errors import ConfigError
 
 PrecisionName = Literal["fp32", "bf16", "fp16"]
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -37,20 +37,7 @@ class InferencePlan:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(
-            f"embedding.device {name!r} is not a device. Fix: use auto, cpu, cuda or cuda:N."
-        ) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            f"embedding.device is {name!r} but CUDA is not available here. "
-            "Fix: use --device cpu (or auto)."
-        )
-    return device
+    return devices.resolve_device(name, "embedding.device")
 
 
 def plan_inference(cfg: EmbeddingConfig, spec: EncoderSpec) -> InferencePlan:

@@ -47,6 +47,7 @@ from pathosae.schema import (
     SAECEPTION_DIR,
     SAECEPTION_METRICS,
     SETTINGS_HASH,
+    SLIDE_AVAILABLE,
     SLIDE_ID,
     SPLIT,
     SUMMARY,
@@ -230,6 +231,12 @@ def _cohort(run: RunDir) -> str:
             out.append(f"<h3>{esc(label)} × {esc(column)} by split</h3>" + table(cross))
             out.append(how(f"Rows are split and {label}, columns {column}: a confounded training "
                            f"split has its {label} values concentrated in a few {column} columns."))
+    if SLIDE_AVAILABLE in cohort and not cohort[SLIDE_AVAILABLE].any():
+        out.append("<h3>Tissue detection (QC)</h3><p>The slides are not available in this run "
+                   "(a features-only cohort: its features were imported with <code>pathosae "
+                   "import-features</code>), so there are no QC images. Add a path column to "
+                   "the manifest to tile the slides.</p>")
+        return "".join(out)
     out.append(_qc_grid(run, list(cohort[SLIDE_ID])))
     return "".join(out)
 

@@ -6,6 +6,10 @@ direction, the layout ``embedding_bag`` reads. ``encode`` returns dense codes, `
 codes back, ``forward`` returns both, and ``losses(x)`` returns the named training losses that the
 training loop sums. Architectures that select few latents also implement ``encode_sparse`` so
 training and evaluation only touch the latents that fire.
+
+Confounder-aware SAEs (``needs_conditions``; ``pathosae.sae.conditional``) extend this with the
+rows' confounder level codes: ``losses(x, conditions=..., labels=...)`` and an optional
+``conditions`` argument to ``encode``/``decode``/``forward``.
 """
 
 from __future__ import annotations
@@ -30,12 +34,28 @@ class TrainingOptions:
     redundancy_latents: int = 512
 
 
+def shift_gradient(shift: Tensor, w_enc: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """Zeros whose gradient is that of the selected pre-activations with respect to ``shift``.
+
+    ``pre[r, c] = (x[r] - shift[r] - b_dec) @ W_enc[c] + b_enc[c]``: the sparse path computes the
+    value from a detached input, so ``-shift[r] @ W_enc[c]`` minus its detached copy (exactly 0)
+    adds the missing ``d pre / d shift = -W_enc[c]`` without touching W_enc's gradient.
+    """
+    if not shift.requires_grad:
+        return shift.new_zeros(rows.shape[0])
+    link = -(shift[rows] * w_enc[cols].detach()).sum(dim=1)
+    return link - link.detach()
+
+
 class SAE(nn.Module):
     """Base class: parameters, bias handling, decoder-norm constraint and shared losses."""
 
     architecture: ClassVar[str] = ""
     sparse_training: ClassVar[bool] = False
     """True when ``losses`` uses ``encode_sparse`` (TopK family); False for dense activations."""
+    needs_conditions: ClassVar[bool] = False
+    """True for confounder-aware SAEs (``pathosae.sae.conditional``): training passes them each
+    row's confounder level codes (and labels); ``losses(x)`` stays the interface of all others."""
     samples_since_fired: Tensor  # buffer registered in __init__
     training_log: dict[str, Any]
     """What ``train_sae`` did (set on the models it returns)."""
@@ -136,11 +156,14 @@ class SAE(nn.Module):
     def dead_mask(self) -> Tensor:
         return self.samples_since_fired >= self.train_opts.dead_window
 
-    def aux_loss(self, x: Tensor, pre: Tensor, recon: Tensor, x_centred: Tensor) -> Tensor:
+    def aux_loss(
+        self, x: Tensor, pre: Tensor, recon: Tensor, x_centred: Tensor, shift: Tensor | None = None
+    ) -> Tensor:
         """AuxK: the dead latents' top-k_aux pre-activations reconstruct the detached residual.
 
         No decoder bias in the auxiliary reconstruction; normalised by the residual's variance;
-        zero when no latent is dead.
+        zero when no latent is dead. ``shift``: a per-row input offset taken off before encoding
+        (conditional SAEs), whose encoder-side gradient the sparse path must attach by hand.
         """
         dead = self.dead_mask()
         n_dead = int(dead.sum())
@@ -155,12 +178,12 @@ class SAE(nn.Module):
             aux_recon = z_aux @ self.W_dec
         else:
             codes = fixed_k_codes(values, indices, self.d_sae)
-            codes.values = torch.relu(
-                active_preacts(
-                    codes.values, x_centred, self.W_enc, self.b_enc, self.b_dec, codes.rows,
-                    codes.cols,
-                )
+            values = active_preacts(
+                codes.values, x_centred, self.W_enc, self.b_enc, self.b_dec, codes.rows, codes.cols
             )
+            if shift is not None:
+                values = values + shift_gradient(shift, self.W_enc, codes.rows, codes.cols)
+            codes.values = torch.relu(values)
             aux_recon = codes.decode(self.W_dec)
         denominator = (residual - residual.mean(0)).pow(2).sum().clamp_min(1e-12)
         loss = (aux_recon - residual).pow(2).sum() / denominator

@@ -15,7 +15,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pathosae.errors import PathosaeError
 from pathosae.sae.base import SAE
+from pathosae.sae.conditional import ConditionedTopKSAE
 
 if TYPE_CHECKING:
     from pathosae.sae.training import ArrayLike
@@ -80,6 +82,20 @@ def iter_row_batches(x: ArrayLike, max_rows: int | None, batch_size: int) -> Ite
             yield torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32))
 
 
+def _condition_batches(
+    conditions: np.ndarray | Tensor | None, n_rows: int, max_rows: int | None, batch_size: int
+) -> Iterator[np.ndarray | Tensor | None]:
+    """The level codes of each batch of ``iter_row_batches`` (None forever without codes)."""
+    if conditions is not None and len(conditions) != n_rows:
+        raise PathosaeError(
+            f"conditions have {len(conditions)} rows for {n_rows} feature rows. Fix: pass the "
+            "level codes of exactly these rows (model.level_codes(rows_frame))."
+        )
+    n = n_rows if max_rows is None else min(max_rows, n_rows)
+    for start in range(0, n, batch_size):
+        yield None if conditions is None else conditions[start : min(n, start + batch_size)]
+
+
 @torch.no_grad()
 def evaluate_sae(
     sae: SAE,
@@ -87,25 +103,49 @@ def evaluate_sae(
     max_rows: int | None = None,
     batch_size: int = 4096,
     dense_threshold: float = 0.1,
+    conditions: np.ndarray | Tensor | None = None,
 ) -> dict[str, Any]:
-    """Held-out metrics of a trained SAE on the rows of ``x`` (tensor, array or memmap)."""
+    """Held-out metrics of a trained SAE on the rows of ``x`` (tensor, array or memmap).
+
+    ``conditions``: the rows' confounder level codes for a confounder-aware SAE (for the offsets
+    model, reconstruction with each row's own offsets). Without them such a model treats every
+    row as unknown, i.e. the offsets model reconstructs with the mean offset (the harmonised
+    view, so its FVU then includes the removed confounder shift). Plain SAEs ignore them.
+    """
     was_training = sae.training
     sae.eval()
     device = next(sae.parameters()).device
     stats = StreamingMetrics(sae.d_in, sae.d_sae)
-    for batch in iter_row_batches(x, max_rows, batch_size):
+    per_batch = _condition_batches(conditions, x.shape[0], max_rows, batch_size)
+    for batch, batch_conditions in zip(iter_row_batches(x, max_rows, batch_size), per_batch, strict=True):
         on_device = batch.to(device)
-        codes = sae.encode_sparse(on_device)
-        recon = sae.decode_sparse(codes)
+        if isinstance(sae, ConditionedTopKSAE):
+            codes = sae.encode_sparse(on_device, batch_conditions)
+            recon = sae.decode_sparse(codes, batch_conditions)
+        else:
+            codes = sae.encode_sparse(on_device)
+            recon = sae.decode_sparse(codes)
         stats.update(batch, recon, codes.cols[codes.values != 0])
     sae.train(was_training)
     return stats.result(dense_threshold)
 
 
 @torch.no_grad()
-def encode_rows(sae: SAE, x: ArrayLike, batch_size: int = 4096) -> Tensor:
-    """Dense codes of every row (for association tests on modest row counts)."""
+def encode_rows(
+    sae: SAE, x: ArrayLike, batch_size: int = 4096, conditions: np.ndarray | Tensor | None = None
+) -> Tensor:
+    """Dense codes of every row (for association tests on modest row counts).
+
+    ``conditions`` as in ``evaluate_sae`` (the offsets model encodes ``x`` less each row's own
+    offsets; without them, less the mean offset).
+    """
     sae.eval()
     device = next(sae.parameters()).device
-    parts = [sae.encode(b.to(device)).cpu() for b in iter_row_batches(x, None, batch_size)]
+    parts = []
+    per_batch = _condition_batches(conditions, x.shape[0], None, batch_size)
+    for batch, batch_conditions in zip(iter_row_batches(x, None, batch_size), per_batch, strict=True):
+        if isinstance(sae, ConditionedTopKSAE):
+            parts.append(sae.encode(batch.to(device), batch_conditions).cpu())
+        else:
+            parts.append(sae.encode(batch.to(device)).cpu())
     return torch.cat(parts)

@@ -26,7 +26,15 @@ def register(name: str) -> Callable[[type[SAE]], type[SAE]]:
 
 def _load_builtin() -> None:
     # Importing the modules runs their @register decorators.
-    from pathosae.sae import batchtopk, jumprelu, matryoshka, relu, topk  # noqa: F401
+    from pathosae.sae import (  # noqa: F401
+        batchtopk,
+        conditional,
+        jumprelu,
+        matryoshka,
+        relu,
+        reserved,
+        topk,
+    )
 
 
 def architectures() -> dict[str, type[SAE]]:

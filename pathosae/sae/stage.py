@@ -12,16 +12,20 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 from pathosae.config import PathosaeConfig
 from pathosae.errors import PathosaeError
 from pathosae.features import FeatureStore
-from pathosae.io import read_json, settings_hash
+from pathosae.inputs import analysed_features
+from pathosae.io import read_json, settings_hash, write_parquet_atomic
 from pathosae.run import RunDir
 from pathosae.sae.base import SAE
 from pathosae.sae.io import save_sae
 from pathosae.sae.registry import get_architecture
 from pathosae.sae.run_training import split_data, train_and_evaluate, twin_name
-from pathosae.schema import RANDOM_ENCODER_SAE, SAE_CONFIG, SETTINGS_HASH
+from pathosae.schema import RANDOM_ENCODER_SAE, SAE_CONFIG, SETTINGS_HASH, UNIT_STABILITY
 from pathosae.types import OnError
 
 
@@ -31,9 +35,9 @@ def run_stage(run: RunDir, cfg: PathosaeConfig, on_error: OnError) -> dict[str, 
     sae_cfg = cfg.sae
     for name in sae_cfg.models:
         get_architecture(name)  # unknown names fail before any work
-    features_name = sae_cfg.encoder or cfg.embedding.features_name()
+    features_name = analysed_features(cfg)
     store = FeatureStore(run, features_name)
-    data = split_data(store, features_name)
+    data = split_data(store, features_name, sae_cfg, cfg.seed)
     summary: dict[str, Any] = {"features": features_name, "models": {}}
     for name in sae_cfg.models:
         out_dir = run.sae_dir(name)
@@ -50,8 +54,18 @@ def run_stage(run: RunDir, cfg: PathosaeConfig, on_error: OnError) -> dict[str, 
         summary["models"][name] = {
             "status": "trained", SETTINGS_HASH: digest,
             **{k: metrics["held_out"][k] for k in ("fvu", "l0", "dead_fraction")},
+            "seconds": _costs(metrics),
         }
     return summary
+
+
+def _costs(metrics: dict[str, Any]) -> dict[str, float]:
+    """Seconds of the main SAE's training and of each control, for the stage summary."""
+    costs = {"main": float(metrics.get("training", {}).get("seconds", 0.0))}
+    for control, entry in metrics.get("controls", {}).items():
+        if isinstance(entry, dict) and "seconds" in entry:
+            costs[control] = float(entry["seconds"])
+    return costs
 
 
 def _twin_fingerprint(run: RunDir, cfg: PathosaeConfig) -> str | None:
@@ -78,6 +92,7 @@ def _is_current(out_dir: Path, digest: str) -> bool:
 def _write_model_dir(out_dir: Path, metrics: dict[str, Any], digest: str, features: str) -> None:
     """Write into a temp folder beside the target, then swap it in (never a half folder)."""
     sae: SAE = metrics.pop("_model")
+    stability = metrics.get("controls", {}).get("seed_stability", {}).pop("_unit_cosine", None)
     twin: SAE | None = metrics.get("controls", {}).get("random_encoder", {}).pop("_model", None)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
@@ -87,6 +102,11 @@ def _write_model_dir(out_dir: Path, metrics: dict[str, Any], digest: str, featur
                 SETTINGS_HASH: digest, "control": "random_encoder",
                 "features": metrics["controls"]["random_encoder"]["features"],
             })
+        if stability is not None:
+            threshold = metrics["controls"]["seed_stability"]["stable_cosine"]
+            write_parquet_atomic(tmp / UNIT_STABILITY, pd.DataFrame({
+                "unit": np.arange(len(stability)), "min_match_cosine": stability,
+                "stable": stability >= threshold, SETTINGS_HASH: digest}))
         save_sae(sae, tmp, metrics=metrics, extra_config={
             SETTINGS_HASH: digest, "features": features,
             "training": metrics.get("training", {}),

@@ -25,6 +25,8 @@ from torch import Tensor
 from pathosae.config import SAEConfig
 from pathosae.errors import PathosaeError
 from pathosae.sae.base import SAE, TrainingOptions
+from pathosae.sae.conditional import ConditionedTopKSAE
+from pathosae.sae.levels import Conditions, LevelsLike
 from pathosae.sae.registry import get_architecture
 
 
@@ -95,10 +97,14 @@ class RowSource:
             )
         return batch
 
-    def sample(self, n: int, seed: int) -> Tensor:
+    def sample_indices(self, n: int, seed: int) -> np.ndarray:
+        """Sorted indices of a seeded draw of ``n`` rows without replacement."""
         n = min(n, len(self))
         rng = np.random.default_rng(seed)
-        return self.rows(np.sort(rng.choice(len(self), size=n, replace=False)))
+        return np.sort(rng.choice(len(self), size=n, replace=False))
+
+    def sample(self, n: int, seed: int) -> Tensor:
+        return self.rows(self.sample_indices(n, seed))
 
 
 def batch_indices(n_rows: int, batch_size: int, n_steps: int, seed: int) -> Iterator[np.ndarray]:
@@ -154,11 +160,22 @@ def input_scale(sample: Tensor) -> float:
     return math.sqrt(sample.shape[1]) / mean_norm
 
 
-def build_model(d_in: int, cfg: SAEConfig, architecture: str | None = None) -> SAE:
-    """An untrained SAE of the configured architecture and width."""
+def build_model(
+    d_in: int, cfg: SAEConfig, architecture: str | None = None, levels: LevelsLike | None = None
+) -> SAE:
+    """An untrained SAE of the configured architecture and width.
+
+    ``levels``: the confounder level vocabulary of the confounder-aware architectures
+    (``topk_offsets``, ``topk_reserved``), which cannot be built without it; others ignore it.
+    """
     name = architecture or cfg.architecture
     cls = get_architecture(name)
     d_sae = cfg.d_sae or cfg.expansion * d_in
+    if cls.needs_conditions and not levels:
+        raise PathosaeError(
+            f"SAE {name!r} is confounder-aware and needs the confounders' level vocabulary. Fix: "
+            "train it with train_sae(..., conditions=Conditions.from_frame(rows, columns))."
+        )
     options_of: dict[str, dict[str, Any]] = {
         "topk": {"k": cfg.k},
         "batchtopk": {"k": cfg.k},
@@ -169,11 +186,22 @@ def build_model(d_in: int, cfg: SAEConfig, architecture: str | None = None) -> S
             "bandwidth": cfg.jumprelu_bandwidth,
             "threshold_init": cfg.jumprelu_threshold,
         },
+        "topk_offsets": {"k": cfg.k, "levels": levels},
+        "topk_reserved": {
+            "k": cfg.k,
+            "levels": levels,
+            "reserved_per_level": cfg.reserved_per_level,
+            "supervised_coefficient": cfg.supervised_coefficient,
+            "independence_coefficient": cfg.independence_coefficient,
+        },
     }
     options = options_of.get(name, {})
     if "k" in options and options["k"] > d_sae:
         raise PathosaeError(f"sae.k={cfg.k} exceeds d_sae={d_sae}. Fix: lower k or widen the SAE.")
-    return cls(d_in=d_in, d_sae=d_sae, **options)
+    try:
+        return cls(d_in=d_in, d_sae=d_sae, **options)
+    except ValueError as exc:  # constructor checks (k against the free latents, levels)
+        raise PathosaeError(f"cannot build SAE {name!r}: {exc}") from exc
 
 
 def lr_lambda(n_steps: int, warmup_fraction: float, decay_fraction: float) -> Callable[[int], float]:
@@ -198,6 +226,70 @@ def make_optimizer(params: Iterable[Tensor], lr: float) -> torch.optim.Optimizer
         return torch.optim.Adam(params, lr=lr)
 
 
+class _RowConditions:
+    """Level codes (and labels) of the training rows, sliced with each batch's indices."""
+
+    def __init__(
+        self, conditions: Conditions | np.ndarray | Tensor, labels: np.ndarray | Tensor | None,
+        n_rows: int,
+    ) -> None:
+        bundle = conditions if isinstance(conditions, Conditions) else Conditions.from_codes(conditions)
+        self.levels = bundle.levels
+        self.codes = torch.from_numpy(bundle.codes)
+        self.labels = None if labels is None else torch.as_tensor(labels).reshape(-1).long().cpu()
+        for name, n in (("conditions", len(self.codes)),
+                        ("labels", n_rows if self.labels is None else len(self.labels))):
+            if n != n_rows:
+                raise PathosaeError(
+                    f"{name} have {n} rows for {n_rows} feature rows. Fix: pass one entry per "
+                    "training row, in the feature matrix's order."
+                )
+
+    def batch(self, indices: np.ndarray, device: torch.device) -> dict[str, Tensor | None]:
+        rows = torch.from_numpy(np.asarray(indices, dtype=np.int64))
+        labels = None if self.labels is None else self.labels[rows].to(device)
+        return {"conditions": self.codes[rows].to(device), "labels": labels}
+
+
+def _row_conditions(
+    cls: type[SAE], conditions: Conditions | np.ndarray | Tensor | None,
+    labels: np.ndarray | Tensor | None, n_rows: int,
+) -> _RowConditions | None:
+    if not cls.needs_conditions:
+        return None  # plain SAEs ignore conditions, so a caller may always pass them
+    if conditions is None:
+        raise PathosaeError(
+            f"SAE {cls.architecture!r} is confounder-aware: train_sae needs conditions= (level "
+            "codes per training row). Fix: pass Conditions.from_frame(train_rows, columns)."
+        )
+    return _RowConditions(conditions, labels, n_rows)
+
+
+def _initialise(
+    sae: SAE, source: RowSource, cfg: SAEConfig, seed: int, row_conditions: _RowConditions | None
+) -> float:
+    """Input scale, condition-specific starting values, decoder bias at the geometric median."""
+    init_rows = source.sample_indices(cfg.init_samples, seed)
+    init = source.rows(init_rows)
+    scale = input_scale(init) if cfg.scale_inputs else 1.0
+    sample = init * scale
+    if isinstance(sae, ConditionedTopKSAE) and row_conditions is not None:
+        codes = row_conditions.codes  # the model is still on the CPU here, and so are the codes
+        sample = sae.prepare(sample.cpu(), codes[torch.from_numpy(init_rows)], codes)
+    with torch.no_grad():
+        sae.b_dec.copy_(geometric_median(sample))
+    return scale
+
+
+def _losses(
+    sae: SAE, batch: Tensor, indices: np.ndarray, row_conditions: _RowConditions | None
+) -> dict[str, Tensor]:
+    if isinstance(sae, ConditionedTopKSAE) and row_conditions is not None:
+        extra = row_conditions.batch(indices, batch.device)
+        return sae.losses(batch, conditions=extra["conditions"], labels=extra["labels"])
+    return sae.losses(batch)
+
+
 def train_sae(
     x: ArrayLike,
     cfg: SAEConfig | None = None,
@@ -206,12 +298,20 @@ def train_sae(
     seed: int | None = None,
     batches: Iterable[np.ndarray] | None = None,
     progress: Callable[[int, int, dict[str, float]], None] | None = None,
+    conditions: Conditions | np.ndarray | Tensor | None = None,
+    labels: np.ndarray | Tensor | None = None,
 ) -> SAE:
     """Train an SAE on the rows of ``x`` (tensor, array or memmap) and return it in eval mode.
 
     ``batches`` overrides the row order (sorted index arrays, one per step), e.g. to feed several
     implementations the same minibatches; otherwise ``batch_indices`` with the config's seed.
     The returned model takes unscaled inputs; ``sae.training_log`` records what happened.
+
+    Confounder-aware architectures (``needs_conditions``) also need ``conditions``: a
+    ``Conditions`` (level codes + vocabulary, e.g. ``Conditions.from_frame(train_rows, columns)``)
+    or a bare int (rows × confounders) code matrix (levels then named by number), -1 = unknown,
+    aligned with ``x``'s rows; ``labels`` (int per row, optional) makes their independence term
+    within label. Each batch slices them with the batch's row indices. Other SAEs ignore both.
     """
     cfg = cfg or SAEConfig()
     seed = cfg.seed if seed is None else seed
@@ -221,7 +321,11 @@ def train_sae(
     source = RowSource(x)
     device = resolve_device(cfg.device)
     torch.manual_seed(seed)
-    sae = build_model(source.dim, cfg, architecture)
+    row_conditions = _row_conditions(
+        get_architecture(architecture or cfg.architecture), conditions, labels, len(source)
+    )
+    levels = row_conditions.levels if row_conditions is not None else None
+    sae = build_model(source.dim, cfg, architecture, levels=levels)
     sae.reset_parameters(torch.Generator().manual_seed(seed))
     sae.train_opts = TrainingOptions(
         dead_window=cfg.dead_window,
@@ -229,10 +333,7 @@ def train_sae(
         aux_coefficient=cfg.aux_coefficient,
         redundancy_coefficient=cfg.redundancy_coefficient,
     )
-    init = source.sample(cfg.init_samples, seed)
-    scale = input_scale(init) if cfg.scale_inputs else 1.0
-    with torch.no_grad():
-        sae.b_dec.copy_(geometric_median(init * scale))
+    scale = _initialise(sae, source, cfg, seed, row_conditions)
     sae.to(device).train()
 
     n_steps = n_steps_for(cfg)
@@ -248,7 +349,7 @@ def train_sae(
     last: dict[str, float] = {}
     for indices in order:
         batch = source.rows(indices).to(device, non_blocking=True).mul_(scale)
-        losses = sae.losses(batch)
+        losses = _losses(sae, batch, indices, row_conditions)
         loss = sum(losses.values())
         assert isinstance(loss, Tensor), "an SAE returns at least one loss"
         optimizer.zero_grad(set_to_none=True)
@@ -278,5 +379,7 @@ def train_sae(
         "dead_fraction_train": float(sae.dead_mask().float().mean()),
         "seed": seed,
         "device": str(device),
+        "confounders": list(levels or {}),
+        "within_label": bool(row_conditions is not None and row_conditions.labels is not None),
     }
     return sae

@@ -124,7 +124,7 @@ def run_bags_splits(run: RunDir, cfg: PathosaeConfig) -> tuple[Splits, str | Non
     """The slides, tiles and splits the SAE-ception stage trains and tests on."""
     scfg = cfg.saeception
     bags = load_run_bags(run, cfg, scfg.site_column, scfg.downstream.max_tiles_per_slide,
-                         scfg.seeds[0], scfg.confounders)
+                         scfg.seeds[0], scfg.confounders, max_tiles=scfg.downstream.max_tiles)
     return cohort_splits(bags, scfg)
 
 

@@ -8,8 +8,9 @@ from pydantic import ConfigDict, Field
 
 from pathosae.downstream.config import DownstreamConfig, SplitSettings
 
-Variant = Literal["no_aux", "random_target", "plain", "injected"]
+Variant = Literal["no_aux", "random_target", "plain", "injected", "aware"]
 VARIANTS: tuple[Variant, ...] = ("no_aux", "random_target", "plain", "injected")
+"""The default variants; ``aware`` (a confounder-aware cycle SAE) is added on request."""
 
 
 class SAECeptionConfig(SplitSettings):
@@ -21,7 +22,12 @@ class SAECeptionConfig(SplitSettings):
     variants: list[Variant] = Field(
         default_factory=lambda: list(VARIANTS),
         description="no_aux (same training, no auxiliary loss), random_target (random unit "
-        "vectors), plain (SAE-ception), injected (SAE-ception with confounder injection).",
+        "vectors), plain (SAE-ception), injected (SAE-ception with confounder injection), aware "
+        "(SAE-ception whose targets come from a confounder-aware SAE told the training slides' "
+        "confounders: its reserved block is never kept, and it decodes with the mean offsets).",
+    )
+    aware_architecture: Literal["topk_reserved", "topk_offsets"] = Field(
+        "topk_reserved", description="The confounder-aware SAE of the aware variant.",
     )
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     n_top: int = Field(25, ge=1, description="Units kept per class in the target (top-N).")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -47,13 +47,17 @@ class CycleResult:
     info: dict[str, object] = field(default_factory=dict)
 
 
-def fit_cycle_sae(h: Tensor, cfg: SAECeptionConfig, seed: int) -> SAE:
-    """A fresh SAE on adapter activations through pathosae.sae's training loop."""
+def fit_cycle_sae(
+    h: Tensor, cfg: SAECeptionConfig, seed: int, told: dict[str, Any] | None = None,
+) -> SAE:
+    """A fresh SAE on adapter activations through pathosae.sae's training loop (the aware
+    variant's confounder-aware SAE when ``told`` carries the rows' conditions and labels)."""
     from pathosae.config import SAEConfig
     from pathosae.sae import train_sae
 
+    architecture = cfg.aware_architecture if told else cfg.sae_architecture
     settings = {
-        "architecture": cfg.sae_architecture,
+        "architecture": architecture,
         "d_sae": cfg.sae_expansion * h.shape[1],
         "k": cfg.sae_k,
         "n_samples": cfg.sae_samples,
@@ -63,7 +67,31 @@ def fit_cycle_sae(h: Tensor, cfg: SAECeptionConfig, seed: int) -> SAE:
         "device": "cpu",
         **cfg.sae_overrides,
     }
-    return train_sae(h, SAEConfig(**settings), architecture=cfg.sae_architecture)
+    return train_sae(h, SAEConfig(**settings), architecture=architecture, **(told or {}))
+
+
+def aware_targets(
+    h: Tensor, train: Bags, cfg: SAECeptionConfig, seed: int,
+) -> tuple[Tensor, dict[str, object]]:
+    """The aware variant's targets: top units of a confounder-aware SAE fitted on the training
+    tiles with their slides' confounder levels, never its reserved block; decoded with the mean
+    offsets, so no target carries the confounders it was told."""
+    from pathosae.sae import Conditions
+    from pathosae.sae.metrics import encode_rows
+
+    columns = [c for c in confounder_columns(train, cfg) if c in slide_metadata(train, cfg)]
+    tiles = slide_metadata(train, cfg).iloc[train.slide.numpy()].reset_index(drop=True)
+    conditions = Conditions.from_frame(tiles, columns)
+    labels = train.tile_y()
+    sae = fit_cycle_sae(h, cfg, seed, {"conditions": conditions, "labels": labels.numpy()})
+    codes = encode_rows(sae, h, conditions=conditions.codes)
+    exclude = torch.zeros(sae.d_sae, dtype=torch.bool)
+    reserved = [u for units in getattr(sae, "reserved_units", dict)().values() for u in units]
+    exclude[reserved] = True
+    means = class_means(codes, labels, len(train.classes), None, cfg.min_cell_tiles)
+    keep = top_units(means, cfg.n_top, exclude)
+    info: dict[str, object] = {"n_reserved": len(reserved), "n_kept": int(keep.any(0).sum())}
+    return sharpened_targets(codes, labels, keep, sae.decode, None), info
 
 
 def confounder_columns(bags: Bags, cfg: SAECeptionConfig) -> list[str]:
@@ -87,6 +115,8 @@ def build_target(
         return None, {}
     if variant == "random_target":
         return random_unit_targets(h.shape[0], h.shape[1], seed), {}
+    if variant == "aware":
+        return aware_targets(h, train, cfg, seed)
     from pathosae.sae.metrics import encode_rows
 
     codes = encode_rows(sae, h)
@@ -190,7 +220,7 @@ def run_variant(
         metrics = evaluate_cycle(model, sae, splits, cfg, seed, train_h, uncertainty=uncertainty)
         row = {"variant": variant, "seed": seed, "cycle": k, **metrics, **info,
                "aux_weight": cfg.aux_weight if variant in AUX_VARIANTS else 0.0,
-               "n_top": cfg.n_top if variant in ("plain", "injected") else None}
+               "n_top": cfg.n_top if variant in TOP_N_VARIANTS else None}
         results.append(CycleResult(row, model, sae, info))
         if on_cycle is not None:
             on_cycle(k, results[-1])
@@ -210,7 +240,8 @@ def base_model(
     return model, sae, evaluate_cycle(model, sae, splits, cfg, seed, train_h, uncertainty=uncertainty)
 
 
-AUX_VARIANTS: tuple[Variant, ...] = ("random_target", "plain", "injected")
+AUX_VARIANTS: tuple[Variant, ...] = ("random_target", "plain", "injected", "aware")
+TOP_N_VARIANTS: tuple[Variant, ...] = ("plain", "injected", "aware")
 
 
 def selection_splits(train: Bags, fraction: float, seed: int) -> Splits:
@@ -246,7 +277,7 @@ def select_settings(
     grid point, scored by balanced accuracy on the held-out training patients; ties go to the
     largest λ, then the smallest N. Returns the config to run with and the grid's scores."""
     lambdas = cfg.aux_weight_grid or [cfg.aux_weight]
-    tops = (cfg.n_top_grid or [cfg.n_top]) if variant in ("plain", "injected") else [cfg.n_top]
+    tops = (cfg.n_top_grid or [cfg.n_top]) if variant in TOP_N_VARIANTS else [cfg.n_top]
     if variant not in AUX_VARIANTS or (len(lambdas) == 1 and len(tops) == 1):
         return cfg.model_copy(update={"aux_weight": lambdas[0], "n_top": tops[0]}), pd.DataFrame()
     inner = selection_splits(splits.train, cfg.selection_fraction, seed)

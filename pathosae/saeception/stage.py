@@ -24,7 +24,7 @@ from pathosae.edit.user_specs import adapter_specs
 from pathosae.errors import StageError
 from pathosae.features import FeatureStore
 from pathosae.fingerprint import current_summary, input_fingerprint
-from pathosae.inputs import select_sae_dir
+from pathosae.inputs import analysed_features, select_sae_dir
 from pathosae.io import atomic_path, settings_hash, write_json_atomic, write_parquet_atomic, write_text_atomic
 from pathosae.run import RunDir
 from pathosae.saeception.adapter_edits import (
@@ -39,6 +39,7 @@ from pathosae.schema import (
     ADAPTER_EDITS,
     ADAPTER_SPEC_EFFECTS,
     HELD_OUT_SITE,
+    NORMAL_TEST,
     SAECEPTION_DIR,
     SAECEPTION_METRICS,
     SETTINGS_HASH,
@@ -81,12 +82,13 @@ def run_stage(
 def stage_keys(run: RunDir, cfg: PathosaeConfig) -> tuple[str, str]:
     """The training key (parts depend on it) and the stage's key (training + adapter edits)."""
     scfg = cfg.saeception
-    store = FeatureStore(run, cfg.embedding.encoder)
+    features = analysed_features(cfg)
+    store = FeatureStore(run, features)
     try:
         sae_dir: Path | None = select_sae_dir(run, None)
     except StageError:  # SAE-ception trains SAEs of its own: the run's SAE is only an input key
         sae_dir = None
-    inputs = input_fingerprint(run, cfg.embedding.encoder, sae_dir, store.slide_ids)
+    inputs = input_fingerprint(run, features, sae_dir, store.slide_ids)
     # Parts (trained models and their metrics) depend on the training settings only; the
     # adapter-edit settings change the stage's key but never retrain a model.
     train_key = settings_hash({
@@ -108,15 +110,17 @@ def train_and_measure(
     metrics = run_all(splits, scfg, out_dir, train_key, uncertainty=cfg.uncertainty)
     metrics.insert(0, SETTINGS_HASH, key)
     metrics.insert(1, HELD_OUT_SITE, held_out_site)
+    metrics.insert(2, NORMAL_TEST, splits.normal_source)
     write_parquet_atomic(out_dir / SAECEPTION_METRICS, metrics)
     with atomic_path(out_dir / "metrics.png") as tmp:
         plot_metrics(metrics, tmp)
     summary = {SETTINGS_HASH: key, "n_rows": len(metrics), HELD_OUT_SITE: held_out_site,
-               **headline(metrics, scfg.cycles)}
+               NORMAL_TEST: splits.normal_source, **headline(metrics, scfg.cycles)}
     if scfg.adapter_edits:
         edits = adapter_edit_table(splits, scfg, out_dir, uncertainty=cfg.uncertainty)
         edits.insert(0, SETTINGS_HASH, key)
         edits.insert(1, HELD_OUT_SITE, held_out_site)
+        edits.insert(2, NORMAL_TEST, splits.normal_source)
         write_parquet_atomic(out_dir / ADAPTER_EDITS, edits)
         summary["adapter_edits"] = adapter_headline(edits)
         summary["adapter_edit_modes"] = MODE_NOTE

@@ -12,11 +12,12 @@ from typing import Any
 
 import pandas as pd
 
+from pathosae.cohort.manifest import FEATURES_ONLY_FIX, slide_file_present
 from pathosae.config import PathosaeConfig, TilingConfig
 from pathosae.errors import SlideError, StageError
 from pathosae.io import settings_hash, write_text_atomic
 from pathosae.run import RunDir
-from pathosae.schema import SLIDE_ID
+from pathosae.schema import PATH, SLIDE_ID
 from pathosae.tiling.slide import finished_tiles, slide_settings_hash, tile_slide
 from pathosae.types import OnError
 
@@ -67,10 +68,22 @@ def tile_cohort(
     """Tile the slides of a cohort table (columns slide_id, path and optionally mpp).
 
     ``shard`` marks one of several concurrent jobs: its failure list gets a file of its own.
+    Slides without a slide file (a features-only cohort) stop the stage before any work, or
+    under ``skip`` are listed as failed.
     """
-    jobs, existing = _plan_jobs(run, cohort, cfg)
+    _check_table(cohort)
+    absent = _absent_slides(cohort)
+    if absent and on_error == "stop":
+        raise StageError(
+            f"{len(absent)} slide(s) of the cohort have no slide file, and tiling reads pixels: "
+            f"{'; '.join(f'{o.slide_id!r} ({o.reason})' for o in absent[:5])}"
+            f"{f'; and {len(absent) - 5} more' if len(absent) > 5 else ''}. "
+            f"Fix: {absent[0].fix}; or rerun with --on-error skip to tile the other slides."
+        )
+    present = cohort[~cohort[SLIDE_ID].astype(str).isin({o.slide_id for o in absent})]
+    jobs, existing = _plan_jobs(run, present, cfg)
     outcomes = list(existing)
-    failed: list[SlideOutcome] = []
+    failed: list[SlideOutcome] = list(absent)
     for outcome in _run_jobs(jobs, cfg.num_workers, stop_on_error=on_error == "stop"):
         outcomes.append(outcome)
         if outcome.status == "failed":
@@ -88,16 +101,32 @@ def tile_cohort(
     }
 
 
-def _plan_jobs(
-    run: RunDir, cohort: pd.DataFrame, cfg: TilingConfig
-) -> tuple[list[SlideJob], list[SlideOutcome]]:
-    """Split the cohort into slides to tile and slides whose valid tiles already exist."""
-    missing = [c for c in (SLIDE_ID, "path") if c not in cohort.columns]
+def _check_table(cohort: pd.DataFrame) -> None:
+    missing = [c for c in (SLIDE_ID, PATH) if c not in cohort.columns]
     if missing:
         raise StageError(
             f"the cohort table lacks column(s) {', '.join(missing)}. "
             "Fix: rerun the cohort stage (`pathosae run`)."
         )
+
+
+def _absent_slides(cohort: pd.DataFrame) -> list[SlideOutcome]:
+    """A failed outcome for each slide whose file is not there (no path, or a missing file)."""
+    absent = []
+    for slide_id, path in zip(cohort[SLIDE_ID].astype(str), cohort[PATH], strict=True):
+        if not slide_file_present(path):
+            reason = f"file not found: {path}" if path else "the manifest gives no path"
+            fix = f"correct the manifest's path, or {FEATURES_ONLY_FIX}" if path \
+                else FEATURES_ONLY_FIX
+            absent.append(SlideOutcome(slide_id, str(path or ""), "failed", reason=reason,
+                                       fix=fix))
+    return absent
+
+
+def _plan_jobs(
+    run: RunDir, cohort: pd.DataFrame, cfg: TilingConfig
+) -> tuple[list[SlideJob], list[SlideOutcome]]:
+    """Split the cohort into slides to tile and slides whose valid tiles already exist."""
     jobs, existing = [], []
     settings = cfg.model_dump(mode="json")
     for row in cohort.itertuples(index=False):

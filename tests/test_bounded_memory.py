@@ -1,0 +1,129 @@
+"""Memory that does not grow with the tiles: the stages after embedding read capped samples from
+the per-slide feature files, and the capped reads equal the old in-memory results."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from embed_helpers import write_cohort
+
+from pathosae.config import PathosaeConfig, SAEConfig
+from pathosae.downstream.bags import Bags, _sample_rows, capped_rows, per_slide_cap
+from pathosae.embedding.h5files import write_feature_file
+from pathosae.features import FeatureStore
+from pathosae.inputs import load_run_bags
+from pathosae.run import RunDir
+from pathosae.sae.run_training import split_data
+
+DIM = 8
+
+
+def _store_run(tmp_path, counts: dict[str, int], dim: int = DIM) -> RunDir:
+    run = RunDir(tmp_path / "run")
+    write_cohort(run, {s: tmp_path / f"{s}.svs" for s in counts})
+    rng = np.random.default_rng(0)
+    for slide_id, n in counts.items():
+        feats = rng.normal(size=(n, dim)).astype(np.float32)
+        coords = np.stack([np.arange(n), np.arange(n) * 2], axis=1)
+        write_feature_file(run.features_path("enc", slide_id), feats, coords, {"encoder": "enc"})
+    return run
+
+
+@pytest.mark.parametrize("cap", [None, 1, 3, 50])
+def test_capped_rows_draw_the_same_tiles_as_the_in_memory_sample(cap):
+    counts = np.array([5, 1, 9, 0, 4])
+    slide_of_row = np.repeat(np.array(["a", "b", "c", "d", "e"]), counts)
+    np.testing.assert_array_equal(capped_rows(counts, cap, seed=7),
+                                  _sample_rows(slide_of_row, cap, seed=7))
+
+
+def test_per_slide_cap_shrinks_to_the_total():
+    assert per_slide_cap(10, 256, None) == 256
+    assert per_slide_cap(10, 256, 1000) == 100
+    assert per_slide_cap(10_000, 256, 1000) == 1  # never zero tiles per slide
+
+
+def test_streamed_bags_equal_bags_of_the_whole_matrix(tmp_path):
+    run = _store_run(tmp_path, {"s1": 7, "s2": 3, "s3": 12, "s4": 5})
+    cfg = PathosaeConfig.model_validate({"embedding": {"name": "enc"}})
+    streamed = load_run_bags(run, cfg, "site", max_tiles_per_slide=4, seed=3)
+    store = FeatureStore(run, "enc")
+    whole = Bags.from_tiles(np.asarray(store.matrix()), store.index(), "label", "site", 4, 3)
+    torch.testing.assert_close(streamed.x, whole.x, rtol=0, atol=0)
+    torch.testing.assert_close(streamed.slide, whole.slide)
+    assert list(streamed.slide_ids) == list(whole.slide_ids)
+    capped = load_run_bags(run, cfg, "site", max_tiles_per_slide=4, seed=3, max_tiles=8)
+    assert capped.x.shape[0] == 8  # 2 tiles from each of the 4 slides
+
+
+def test_sae_split_keeps_every_row_below_the_caps_and_samples_above(tmp_path):
+    run = _store_run(tmp_path, {"s1": 6, "s2": 4, "s3": 5, "s4": 9})  # splits train/val/test/train
+    store = FeatureStore(run, "enc")
+    matrix = np.asarray(store.matrix())
+    data = split_data(store, "enc", SAEConfig(), seed=0)
+    np.testing.assert_array_equal(data["train_x"], np.concatenate([matrix[:6], matrix[15:]]))
+    np.testing.assert_array_equal(data["held_x"], matrix[6:15])
+    assert list(data["held_index"]["slide_id"].unique()) == ["s2", "s3"]
+
+    small = split_data(store, "enc", SAEConfig(max_train_rows=5, eval_max_rows=3), seed=0)
+    assert small["train_x"].shape == (5, DIM) and small["held_x"].shape == (3, DIM)
+    assert small["n_train_rows"] == 15 and small["n_held_rows"] == 9
+    train_rows = {tuple(r) for r in np.concatenate([matrix[:6], matrix[15:]])}
+    assert all(tuple(r) in train_rows for r in small["train_x"])
+    assert set(small["train_slides"]) <= {"s1", "s4"}
+
+
+_CHILD = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    from pathosae.config import PathosaeConfig, SAEConfig
+    from pathosae.features import FeatureStore
+    from pathosae.inputs import load_run_bags
+    from pathosae.run import RunDir
+    from pathosae.sae.run_training import split_data
+
+    def peak_mb():  # VmHWM: the peak resident set since the last reset
+        status = open("/proc/self/status").read().split("VmHWM:")[1]
+        return int(status.split()[0]) / 1024
+
+    def reset_peak():  # Linux: writing 5 to clear_refs resets VmHWM to the current RSS
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+
+    run = RunDir(sys.argv[1])
+    cfg = PathosaeConfig.model_validate({"embedding": {"name": "enc"}})
+    store = FeatureStore(run, "enc")
+    reset_peak()  # importing torch peaks higher than anything measured here
+    start = peak_mb()
+    data = split_data(store, "enc", SAEConfig(max_train_rows=4000, eval_max_rows=2000), seed=0)
+    bags = load_run_bags(run, cfg, "site", max_tiles_per_slide=256, seed=0, max_tiles=4000)
+    capped = peak_mb()
+    bag_tiles = int(bags.x.shape[0])
+    del data, bags
+    reset_peak()
+    capped_end = peak_mb()
+    whole = np.asarray(store.matrix())  # what holding every tile costs
+    print(json.dumps({"start": start, "capped": capped, "whole": peak_mb() - capped_end + capped,
+                      "rows": len(whole), "bag_tiles": bag_tiles}))
+""")
+
+
+def test_capped_reads_stay_far_below_the_feature_size(tmp_path):
+    """30 slides x 1,500 tiles x 2,048 dims (369 MB): the SAE split and the bags, under their
+    caps, must cost a small part of what reading every tile costs (peak RSS, own process)."""
+    run = _store_run(tmp_path, {f"s{i:02d}": 1500 for i in range(30)}, dim=2048)
+    out = subprocess.run([sys.executable, "-c", _CHILD, str(run.root)], capture_output=True,
+                         text=True, check=True, timeout=300)
+    peaks = json.loads(out.stdout.strip().splitlines()[-1])
+    capped_growth = peaks["capped"] - peaks["start"]
+    whole_growth = peaks["whole"] - peaks["capped"]
+    assert peaks["rows"] == 45_000 and peaks["bag_tiles"] == 3990  # 133 tiles x 30 slides
+    assert whole_growth > 300, peaks  # the data is big enough to tell the two apart
+    # the capped reads hold ~70 MB of rows plus fixed overhead (parquet, h5py), not the cohort
+    assert capped_growth < 0.4 * whole_growth, peaks
