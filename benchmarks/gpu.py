@@ -98,7 +98,7 @@ def main() -> None:
     print(f"device: {name}; {str(dtype).removeprefix('torch.')} matmul limit "
           f"{limit / 1e12:.1f} TFLOP/s at {args.batch}×{args.d}×{d_sae}")
     sps = sae_samples_per_s(device, args)
-    print(f"| measurement | figure | FLOP/s | % of the matmul limit |\n| --- | --- | --- | --- |")
+    print("| measurement | figure | FLOP/s | % of the matmul limit |\n| --- | --- | --- | --- |")
     sae_flops = sps * 4 * args.d * d_sae
     print(f"| SAE training (TopK, d {args.d}, d_sae {d_sae}, k {args.k}, batch {args.batch}) | "
           f"{sps:,.0f} samples/s | {sae_flops / 1e12:.2f} T | {100 * sae_flops / limit:.0f}% |")

@@ -16,6 +16,7 @@ same run (peak RSS at 2M <= 1.5x the peak at 400k and <= 6 GB; time at most line
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -122,14 +123,14 @@ def exponent(small: float, large: float, ratio: float) -> str:
 def print_table(sizes: list[int], results: dict[int, dict[str, dict[str, float]]]) -> None:
     steps = list(results[sizes[0]])
     head = " | ".join(f"{s:,} tiles: s / GB" for s in sizes)
-    growth = " | ".join(f"exp {a:,}→{b:,} (time, RSS)" for a, b in zip(sizes, sizes[1:], strict=False))
+    growth = " | ".join(f"exp {a:,}→{b:,} (time, RSS)" for a, b in itertools.pairwise(sizes))
     print(f"| step | {head} | {growth} |")
     print("|" + " --- |" * (1 + len(sizes) + len(sizes) - 1))
     for step in steps:
         cells = [f"{results[s][step]['seconds']:.0f} / {results[s][step]['peak_gb']:.2f}"
                  if step in results[s] else "–" for s in sizes]
         exps = []
-        for a, b in zip(sizes, sizes[1:], strict=False):
+        for a, b in itertools.pairwise(sizes):
             ra, rb = results[a].get(step), results[b].get(step)
             exps.append("–" if not ra or not rb else
                         f"{exponent(ra['seconds'], rb['seconds'], b / a)}, "

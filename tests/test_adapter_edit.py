@@ -117,9 +117,10 @@ def test_stage_writes_models_that_reload_and_the_adapter_table(planted, tmp_path
     assert set(table.columns) >= EFFECT_COLUMNS
     headline = adapter_headline(table)
     assert set(headline) == {"plain", "injected"} and "no_edit" in headline["injected"]
-    # Same settings and seed: the same numbers.
+    # Same settings and seed: the same numbers (each row's cost in seconds aside).
     again = adapter_edit_table(planted, CFG, out)
-    pd.testing.assert_frame_equal(table, again)
+    assert (table["seconds"].dropna() >= 0).all()
+    pd.testing.assert_frame_equal(table.drop(columns="seconds"), again.drop(columns="seconds"))
 
 
 def test_spec_layer_and_model_from_file_or_command_line(tmp_path: Path) -> None:
