@@ -10,6 +10,7 @@ correlation, and a larger cohort only appends patients.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -31,7 +32,7 @@ def rng_for(seed: int, stream: int, index: int = 0) -> np.random.Generator:
 _GOLDEN = (np.sqrt(5.0) - 1) / 2
 
 
-def _golden(count: int, offset: float) -> float:
+def golden(count: int, offset: float) -> float:
     """The ``count``-th point of a shifted golden-ratio sequence: evenly spread for any prefix."""
     return float((offset + count * _GOLDEN) % 1.0)
 
@@ -80,11 +81,11 @@ def plan_cohort(n_slides: int, seed: int, params: SynthParams) -> list[SlidePlan
     while len(plans) < n_slides:
         pair_flip = int(rng_for(seed, _STREAM_PAIR, patient // 2).integers(2))
         label_index = (patient % 2) ^ pair_flip  # one patient of each label per pair
-        split = _split_for(_golden(patient // 2, offsets[label_index]), params)
+        split = split_for(golden(patient // 2, offsets[label_index]), params)
         count = seen.get((label_index, split), 0)
         seen[(label_index, split)] = count + 1
         cell = 2 + 2 * ("train", "val", "test").index(split) + label_index
-        site = _site_for(_golden(count, offsets[cell]), label_index, split, params)
+        site = site_for(golden(count, offsets[cell]), label_index, split, params)
         rng = rng_for(seed, _STREAM_PATIENT, patient)
         n_patient_slides = 2 if rng.random() < params.second_slide_fraction else 1
         for _ in range(min(n_patient_slides, n_slides - len(plans))):
@@ -121,7 +122,22 @@ def slide_render_rng(seed: int, index: int) -> np.random.Generator:
     return rng_for(seed, _STREAM_SLIDE_PIXELS, index)
 
 
-def _split_for(u: float, params: SynthParams) -> str:
+class CohortDesign(Protocol):
+    """The settings the patient-level design reads (image-level and feature-level cohorts)."""
+
+    @property
+    def test_fraction(self) -> float: ...
+    @property
+    def val_fraction(self) -> float: ...
+    @property
+    def n_sites(self) -> int: ...
+    @property
+    def confounding(self) -> float: ...
+    @property
+    def test_shift(self) -> Literal["balanced", "reversed"]: ...
+
+
+def split_for(u: float, params: CohortDesign) -> str:
     if u < params.test_fraction:
         return "test"
     if u < params.test_fraction + params.val_fraction:
@@ -129,7 +145,7 @@ def _split_for(u: float, params: SynthParams) -> str:
     return "train"
 
 
-def _site_for(u: float, label_index: int, split: str, params: SynthParams) -> int:
+def site_for(u: float, label_index: int, split: str, params: CohortDesign) -> int:
     """Site from a uniform draw: a mixture of the label's site (weight c) and a uniform site."""
     n = params.n_sites
     if split == "test" and params.test_shift == "balanced":

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pathosae.synth.design import rng_for
+from pathosae.synth.design import golden, rng_for, site_for, split_for
 from pathosae.synth.feature_params import CONFOUNDERS, FeatureSynthParams
 
 # Stream keys keep the sub-streams of one seed apart (distinct from the image-level ones).
@@ -27,7 +27,6 @@ STREAM_CODES = 27
 STREAM_NOISE = 28
 
 SPLITS = ("train", "val", "test")
-_GOLDEN = (np.sqrt(5.0) - 1) / 2
 
 
 @dataclass(frozen=True)
@@ -52,11 +51,6 @@ def slide_id_for(index: int) -> str:
     return f"synth_{index:06d}"
 
 
-def preferred_site(label: int, n_sites: int) -> int:
-    """The site a label is confounded with: label k goes to site k (mod the number of sites)."""
-    return label % n_sites
-
-
 def plan_feature_cohort(n_slides: int, seed: int, params: FeatureSynthParams) -> list[FeatureSlide]:
     """The first ``n_slides`` slides (patients in order, one or two slides each)."""
     offsets = rng_for(seed, STREAM_COHORT).random(16)
@@ -66,11 +60,11 @@ def plan_feature_cohort(n_slides: int, seed: int, params: FeatureSynthParams) ->
     while len(plans) < n_slides:
         pair_flip = int(rng_for(seed, STREAM_PAIR, patient // 2).integers(2))
         label = (patient % 2) ^ pair_flip  # one patient of each label per pair
-        split = _split_for(_golden(patient // 2, offsets[label]), params)
+        split = split_for(golden(patient // 2, offsets[label]), params)
         count = seen.get((label, split), 0)
         seen[(label, split)] = count + 1
         cell = 2 + 2 * SPLITS.index(split) + label
-        site = _site_for(_golden(count, offsets[cell]), label, split, params)
+        site = site_for(golden(count, offsets[cell]), label, split, params)
         two = rng_for(seed, STREAM_PATIENT, patient).random() < params.second_slide_fraction
         for _ in range(min(2 if two else 1, n_slides - len(plans))):
             plans.append(_slide(len(plans), patient, label, site, split, seed, params))
@@ -92,29 +86,6 @@ def _slide(
         label=label, site=site, scanner=scanner, stain_batch=stain_batch, split=split,
         n_tiles=max(1, round(params.tiles * (1 + jitter))),
     )
-
-
-def _golden(count: int, offset: float) -> float:
-    """The ``count``-th point of a shifted golden-ratio sequence: evenly spread for any prefix."""
-    return float((offset + count * _GOLDEN) % 1.0)
-
-
-def _split_for(u: float, params: FeatureSynthParams) -> str:
-    if u < params.test_fraction:
-        return "test"
-    return "val" if u < params.test_fraction + params.val_fraction else "train"
-
-
-def _site_for(u: float, label: int, split: str, params: FeatureSynthParams) -> int:
-    """Site from a uniform draw: a mixture of the label's site (weight c) and a uniform site."""
-    n = params.n_sites
-    if split == "test" and params.test_shift == "balanced":
-        return min(int(u * n), n - 1)
-    target = label if split != "test" else 1 - label  # reversed test: the other label's site
-    c = params.confounding
-    if u < c:
-        return preferred_site(target, n)
-    return min(int((u - c) / (1 - c) * n), n - 1)
 
 
 # ---- the dictionary ---------------------------------------------------------------------------

@@ -26,11 +26,11 @@ import pathosae
 from pathosae.errors import PathosaeError
 from pathosae.io import atomic_path, read_json, write_json_atomic
 from pathosae.schema import PATIENT_ID, SLIDE_ID, SPLIT
+from pathosae.synth.design import preferred_site
 from pathosae.synth.feature_design import (
     Dictionary,
     FeatureSlide,
     plan_feature_cohort,
-    preferred_site,
 )
 from pathosae.synth.feature_params import CONFOUNDERS, FEATURE_LABELS, FeatureSynthParams, level_name
 
