@@ -329,6 +329,10 @@ class ConfoundersConfig(Section):
     confirm_tiles_per_slide: int = Field(
         16, ge=1, description="Tiles per slide sampled for the mixed-model confirmation."
     )
+    confirm_max_slides: int = Field(
+        200, ge=2, description="Most slides (a seeded draw) in each mixed-model confirmation: "
+        "its cost grows with the slides, and the slide-level scan has already used them all.",
+    )
     k_neighbors: int = Field(10, ge=1, description="k of the PathoROB robustness index.")
     cv_folds: int = Field(5, ge=2, description="Cross-validation folds of the leakage probes.")
     chance_permutations: int = Field(
@@ -339,6 +343,10 @@ class ConfoundersConfig(Section):
     )
     max_tiles: int = Field(
         20_000, ge=100, description="Cap on sampled tiles kept for tile-level metrics."
+    )
+    pathorob_max_tiles: int = Field(
+        4_000, ge=100, description="Most sampled tiles (a seeded draw) in the PathoROB metrics: "
+        "their probes and neighbour searches are the cost, and a few thousand tiles settle them.",
     )
     site_column: str | None = Field(
         "site", description="Column for leave-one-site-out probes; null to skip them."

@@ -85,11 +85,14 @@ def test_hungarian_seed_stability_detects_permuted_copy():
 
 def test_unit_aurocs_match_sklearn():
     rng = np.random.default_rng(0)
-    codes = np.maximum(rng.standard_normal((300, 7)), 0)  # many ties at zero
+    codes = np.maximum(rng.standard_normal((300, 8)), 0)  # many ties at zero
     labels = rng.random(300) < 0.3
     codes[:, 2] += 2 * labels
-    expected = [roc_auc_score(labels, codes[:, j]) for j in range(7)]
-    assert np.allclose(unit_aurocs(codes, labels, block=3), expected)
+    codes[:, 5] = np.round(codes[:, 5], 1)  # ties among the non-zero values
+    codes[:, 6] -= np.maximum(rng.standard_normal(300), 0)  # negatives below the zeros
+    codes[:, 7] = 0.0  # a dead unit
+    expected = [roc_auc_score(labels, codes[:, j]) for j in range(8)]
+    assert np.allclose(unit_aurocs(codes, labels), expected)
 
 
 def test_concept_coverage_with_null():

@@ -128,8 +128,10 @@ def confirm_hits(
     if hits.empty:
         return associations
     units = np.unique(hits["unit"].to_numpy(int))
-    tiles = data.slides.iloc[data.tile_slide].reset_index(drop=True)
-    tile_codes = codes_and_recon(sae, data.tile_features, conditions_for(sae, tiles))[0][:, units]
+    tile_rows = _confirmation_tiles(data.tile_slide, ccfg.confirm_max_slides, ccfg.seed)
+    tiles = data.slides.iloc[data.tile_slide[tile_rows]].reset_index(drop=True)
+    tile_codes = codes_and_recon(sae, data.tile_features[tile_rows],
+                                 conditions_for(sae, tiles))[0][:, units]
     cov_kinds = {c: kinds[c] for c in covariates}
     for (variable, aggregation), group in hits.groupby(["variable", "aggregation"]):
         cols = np.searchsorted(units, group["unit"].to_numpy(int))
@@ -144,5 +146,14 @@ def confirm_hits(
             associations.loc[row, "mm_converged"] = result["mm_converged"]
     associations["mm_converged"] = associations["mm_converged"].astype("boolean")
     return associations
+
+
+def _confirmation_tiles(tile_slide: np.ndarray, max_slides: int, seed: int) -> np.ndarray:
+    """Rows of the tile sample whose slides enter the mixed models (all, or a seeded draw)."""
+    slides = np.unique(tile_slide)
+    if len(slides) <= max_slides:
+        return np.arange(len(tile_slide))
+    chosen = np.random.default_rng(seed).choice(slides, size=max_slides, replace=False)
+    return np.flatnonzero(np.isin(tile_slide, chosen))
 
 

@@ -88,10 +88,9 @@ def mean_difference_directions(
 def probe_weights(codes: np.ndarray, confounder: np.ndarray, seed: int = 0) -> tuple[np.ndarray, list[str]]:
     """Logistic-probe weights on the codes, in code units (levels × units; one row if binary)."""
     codes = np.asarray(codes, dtype=np.float64)
-    probe = make_probe(seed, n_features=codes.shape[1]).fit(codes, np.asarray(confounder).astype(str))
-    scaler, logistic = probe[0], probe[-1]
-    weights = logistic.coef_ / np.where(scaler.scale_ > 0, scaler.scale_, 1.0)[None, :]
-    return weights, [str(c) for c in logistic.classes_]
+    probe = make_probe(seed).fit(codes, np.asarray(confounder).astype(str))
+    weights = probe.coef_in_inputs() / probe.scale_[None, :]
+    return weights, [str(c) for c in probe.classes_]
 
 
 def save_directions(

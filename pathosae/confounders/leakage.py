@@ -19,14 +19,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from sklearn.model_selection import LeaveOneGroupOut, StratifiedGroupKFold
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from pathosae.config import UncertaintyConfig
 from pathosae.errors import PathosaeError
+from pathosae.probe import StandardisedLogistic
 from pathosae.schema import PATIENT_ID
 from pathosae.uncertainty import Resamples, auroc_replicates, patient_resamples, percentile_interval
 
@@ -57,17 +55,10 @@ class ProbeScore:
         return dict(self.__dict__)
 
 
-def make_probe(seed: int = 0, c: float = 1.0, n_features: int | None = None) -> Pipeline:
-    """Standardised L2 logistic regression: the linear probe used everywhere in this package.
-
-    Newton-Cholesky is several times faster on narrow inputs; L-BFGS scales to wide ones
-    (thousands of SAE units) where a d × d Hessian would not fit.
-    """
-    solver = "newton-cholesky" if n_features is not None and n_features <= 256 else "lbfgs"
-    return make_pipeline(
-        StandardScaler(),
-        LogisticRegression(C=c, max_iter=2000, random_state=seed, solver=solver),
-    )
+def make_probe(seed: int = 0, c: float = 1.0) -> StandardisedLogistic:
+    """Standardised L2 logistic regression: the linear probe used everywhere in this package
+    (fitted in the training rows' span when they are fewer than the columns; see probe.py)."""
+    return StandardisedLogistic(C=c, max_iter=2000, random_state=seed)
 
 
 def patient_folds(
@@ -107,7 +98,7 @@ def _out_of_fold(
         if not keep.any():
             keep[:] = True
         xk = x[:, keep]
-        probe = make_probe(seed, n_features=xk.shape[1]).fit(xk[train], target[train])
+        probe = make_probe(seed).fit(xk[train], target[train])
         cols = np.searchsorted(classes, probe.classes_)
         proba[np.ix_(test, cols)] = probe.predict_proba(xk[test])
     scored = np.isfinite(proba).any(axis=1)

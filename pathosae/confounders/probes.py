@@ -72,12 +72,23 @@ def pathorob_rows(
     label = cfg.cohort.label
     if label is None or label not in data.slides:
         return pd.DataFrame()
-    meta = data.slides.iloc[data.tile_slide].reset_index(drop=True)
-    codes = codes_and_recon(sae, data.tile_features, conditions_for(sae, meta))[0]
-    reps = {"embedding": data.tile_features, "sae_codes": codes, **(extra or {})}
+    rows = _capped_tiles(len(data.tile_slide), cfg.confounders.pathorob_max_tiles,
+                         cfg.confounders.seed)
+    meta = data.slides.iloc[data.tile_slide[rows]].reset_index(drop=True)
+    tiles = data.tile_features[rows]
+    codes = codes_and_recon(sae, tiles, conditions_for(sae, meta))[0]
+    reps = {"embedding": tiles, "sae_codes": codes,
+            **{name: np.asarray(x)[rows] for name, x in (extra or {}).items()}}
     confs = [v for v in categorical if v != label]
     return pathorob_table(reps, meta, label, confs, cfg.confounders.k_neighbors,
                           cfg.confounders.cv_folds, cfg.confounders.seed)
+
+
+def _capped_tiles(n_tiles: int, cap: int, seed: int) -> np.ndarray:
+    """All sampled tiles, or a seeded draw of ``cap`` of them (in their order)."""
+    if n_tiles <= cap:
+        return np.arange(n_tiles)
+    return np.sort(np.random.default_rng(seed).choice(n_tiles, size=cap, replace=False))
 
 
 def robustness_rows(

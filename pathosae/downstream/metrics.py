@@ -8,12 +8,10 @@ from typing import TypedDict
 
 import numpy as np
 from sklearn.exceptions import UndefinedMetricWarning
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
+from pathosae.probe import StandardisedLogistic
 from pathosae.uncertainty import (
     Resamples,
     auroc_replicates,
@@ -157,8 +155,8 @@ def site_leakage_report(
     return Leakage(float("nan"), None, _why_nan(site, y))
 
 
-def _probe() -> object:
-    return make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
+def _probe() -> StandardisedLogistic:
+    return StandardisedLogistic(C=1.0, max_iter=2000)
 
 
 def _kept_sites(site: np.ndarray, floor: int) -> np.ndarray:

@@ -53,13 +53,7 @@ class Editor:
         self.units_: list[int] = []
 
     def fit(self, x: Tensor, metadata: Mapping[str, np.ndarray] | None = None) -> Editor:
-        steps: list[Transform] = []
-        current = x
-        for group in _groups(self.spec.ops):
-            step = self._fit_group(group, current, metadata or {})
-            steps.append(step)
-            current = step(current)
-        self.steps_ = steps
+        self.fit_transform(x, metadata)
         return self
 
     def transform(self, x: Tensor) -> Tensor:
@@ -70,7 +64,16 @@ class Editor:
         return x
 
     def fit_transform(self, x: Tensor, metadata: Mapping[str, np.ndarray] | None = None) -> Tensor:
-        return self.fit(x, metadata).transform(x)
+        """Fit, and return ``x`` edited (each step is fitted on the previous step's output, so
+        the training rows come out of the fit without a second pass)."""
+        steps: list[Transform] = []
+        current = x
+        for group in _groups(self.spec.ops):
+            step = self._fit_group(group, current, metadata or {})
+            steps.append(step)
+            current = step(current)
+        self.steps_ = steps
+        return current
 
     # ---- fitting one step --------------------------------------------------------------------
     def _fit_group(self, group: list[Operation], x: Tensor, metadata: Mapping[str, np.ndarray]) -> Transform:

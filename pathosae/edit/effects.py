@@ -73,8 +73,9 @@ def editor_candidate(
     """Fit ``editor`` on the training tiles, then apply it to every split."""
 
     def edit(splits: Splits) -> Splits:
-        editor.fit(splits.train.x, metadata_of(splits))
-        return _map_x(splits, editor.transform)
+        train = editor.fit_transform(splits.train.x, metadata_of(splits)).float()
+        return Splits(splits.train.with_x(train), *(b.with_x(editor.transform(b.x).float())
+                                                    for b in (splits.normal, splits.shifted)))
 
     n_units = editor.spec.n_units() if editor.spec.needs_sae else None
     return Candidate(name, kind, edit, n_units, draw)

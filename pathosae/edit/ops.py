@@ -82,5 +82,17 @@ def apply_code_edit(x: Tensor, sae: SAELike, ops: Sequence[CodeOp], chunk: int =
         edited = z
         for op in ops:
             edited = op(edited)
-        parts.append(xb - sae.decode(z) + sae.decode(edited))
+        parts.append(xb + _decoded_change(sae, z, edited))
     return torch.cat(parts) if parts else x.clone()
+
+
+def _decoded_change(sae: SAELike, z: Tensor, edited: Tensor) -> Tensor:
+    """``decode(edited) − decode(z)``. The project's decoders are affine in the codes (the bias
+    and any per-level offsets cancel), so only the edited units' decoder rows are multiplied:
+    an ablation of a few units costs a few rows, not two full decodes."""
+    w_dec = getattr(sae, "W_dec", None)
+    if not isinstance(w_dec, Tensor):
+        return sae.decode(edited) - sae.decode(z)
+    delta = edited - z
+    changed = delta.ne(0).any(dim=0).nonzero().squeeze(1)
+    return delta[:, changed] @ w_dec[changed]
