@@ -268,6 +268,10 @@ class SAEConfig(Section):
     )
     seed: int = 0
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    precision: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="Matmul precision of SAE training: auto is bfloat16 autocast on CUDA "
+        "(weights, optimiser and loss sums stay float32) and float32 on the CPU.",
+    )
     threads: int | None = Field(None, ge=1, description="CPU threads for torch; null: as is.")
     controls: SAEControlsConfig = Field(default_factory=_defaults(SAEControlsConfig))
 

@@ -9,6 +9,7 @@ stage needs all features in RAM. Imports stream one file at a time.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -140,6 +141,13 @@ class FeatureStore:
         with h5py.File(self.path(slide_id), "r") as h5:
             block = np.asarray(h5["features"][lo:hi], dtype=np.float32)
         return block[local_rows - lo]
+
+    def iter_chunks(self, slide_id: str, chunk_rows: int = 8192) -> Iterator[np.ndarray]:
+        """float32 features of one slide, ``chunk_rows`` rows at a time, in stored order."""
+        n_rows = self._shapes[slide_id][0]
+        with h5py.File(self.path(slide_id), "r") as h5:
+            for start in range(0, n_rows, chunk_rows):
+                yield np.asarray(h5["features"][start : start + chunk_rows], dtype=np.float32)
 
     def slide_values(self, column: str) -> np.ndarray:
         """One cohort column, one value per stored slide (``slide_ids`` order)."""

@@ -127,3 +127,50 @@ def test_capped_reads_stay_far_below_the_feature_size(tmp_path):
     assert whole_growth > 300, peaks  # the data is big enough to tell the two apart
     # the capped reads hold ~70 MB of rows plus fixed overhead (parquet, h5py), not the cohort
     assert capped_growth < 0.4 * whole_growth, peaks
+
+
+def _model(dim: int = DIM):
+    from pathosae.downstream.model import AdapterMIL
+
+    torch.manual_seed(0)
+    model = AdapterMIL(dim, 3, hidden_dim=6, attention_dim=4).eval()
+    with torch.no_grad():  # sharp attention, so the online softmax has to rescale
+        model.attn_w.weight.mul_(20.0)
+    return model
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 5, 1000])
+def test_chunked_prediction_equals_unchunked(chunk):
+    from pathosae.downstream.train import predict_proba, predict_proba_streamed
+
+    g = np.random.default_rng(1)
+    counts = [7, 1, 12, 4]
+    bags = Bags(
+        x=torch.tensor(g.normal(size=(sum(counts), DIM)), dtype=torch.float32),
+        slide=torch.arange(len(counts)).repeat_interleave(torch.tensor(counts)),
+        y=torch.tensor([0, 1, 2, 0]), site=np.array(list("abab")),
+        slide_ids=np.array(["s1", "s2", "s3", "s4"]), patient=np.array(["p1", "p2", "p3", "p4"]),
+        split=np.array(["test"] * 4), classes=("a", "b", "c"),
+    )
+    model = _model()
+    whole = predict_proba(model, bags)
+    slide_x = [bags.x[bags.slide == i] for i in range(len(counts))]
+    streamed = predict_proba_streamed(model, ([x[s : s + chunk] for s in range(0, len(x), chunk)]
+                                              for x in slide_x))
+    np.testing.assert_allclose(streamed, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_slides_predicted_over_all_their_tiles_straight_from_the_store(tmp_path):
+    from pathosae.downstream.train import predict_proba, predict_proba_streamed
+
+    counts = {"s1": 9, "s2": 2, "s3": 30}
+    run = _store_run(tmp_path, counts)
+    store = FeatureStore(run, "enc")
+    model = _model()
+    from_store = predict_proba_streamed(
+        model, ((torch.from_numpy(c) for c in store.iter_chunks(s, chunk_rows=4))
+                for s in store.slide_ids))
+    cfg = PathosaeConfig.model_validate({"embedding": {"name": "enc"}})
+    every_tile = load_run_bags(run, cfg, "site", max_tiles_per_slide=100, seed=0)
+    assert every_tile.x.shape[0] == sum(counts.values())
+    np.testing.assert_allclose(from_store, predict_proba(model, every_tile), rtol=1e-5, atol=1e-6)

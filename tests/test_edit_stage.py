@@ -93,6 +93,12 @@ def test_edit_table_invariants(stage_run: Path) -> None:
     # No stain-normalised features were embedded: that baseline is a row with its reason.
     stain = effects[effects["edit"] == "stain_normalisation"]
     assert stain["missing_reason"].str.contains("stain").all()
+    # The unedited model was also run on every tile of the test slides, streamed from the store.
+    all_tiles = json.loads((stage_run / "edits" / "summary.json").read_text())["all_tiles"]
+    for split in ("normal", "shifted"):
+        entry = all_tiles[split]
+        assert entry["tiles_all"] >= entry["tiles_capped"] >= entry["slides"] > 0
+        assert 0 <= entry["agreement"] <= 1 and 0 <= entry["bacc_all_tiles"] <= 1
 
 
 def test_sharpen_table_has_every_variant_seed_and_cycle(stage_run: Path) -> None:

@@ -111,6 +111,20 @@ def test_training_reduces_loss_and_keeps_unit_decoder(arch, trained):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
+def test_bfloat16_training_matches_float32(arch, trained):
+    """bfloat16 autocast (the GPU default) on the CPU: the loss still falls, the FVU stays close
+    to the float32 model's, and the weights stay float32."""
+    x, models = trained
+    cfg = small_cfg(n_samples=256 * 150, precision="bfloat16")
+    sae = train_sae(x, cfg, architecture=arch, conditions=conditions_for(x))
+    assert sae.training_log["precision"] == "bfloat16" and sae.W_dec.dtype == torch.float32
+    conditions = random_conditions(len(x))
+    half = evaluate_sae(sae, x, conditions=conditions)["fvu"]
+    full = evaluate_sae(models[arch], x, conditions=conditions)["fvu"]
+    assert half < full + 0.05, (arch, half, full)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
 def test_save_load_round_trip(arch, trained, tmp_path):
     x, models = trained
     sae = models[arch]

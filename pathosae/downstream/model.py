@@ -41,9 +41,13 @@ class AdapterMIL(nn.Module):
         """The adapter layer's activations (any leading shape, last dim = d_in)."""
         return self.activation(self.adapter((x - self.x_mean) / self.x_std))
 
+    def attention_scores(self, h: Tensor) -> Tensor:
+        """Gated-attention logits of tiles ``(..., H) -> (...)``, before the softmax over a slide."""
+        return self.attn_w(torch.tanh(self.attn_v(h)) * torch.sigmoid(self.attn_u(h))).squeeze(-1)
+
     def pool(self, h: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """Gated-attention pooling of ``(S, T, H)`` with a ``(S, T)`` mask: slide vectors, weights."""
-        scores = self.attn_w(torch.tanh(self.attn_v(h)) * torch.sigmoid(self.attn_u(h))).squeeze(-1)
+        scores = self.attention_scores(h)
         weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=1)
         return torch.einsum("st,sth->sh", weights, h), weights
 

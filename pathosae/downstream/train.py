@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -108,6 +108,60 @@ def _predict(
         x_pad, mask = part.padded()
         out.append(torch.softmax(logits_of(x_pad, mask), dim=1))
     return torch.cat(out).numpy() if out else np.zeros((0, len(bags.classes)))
+
+
+class StreamedPooling:
+    """Gated-attention pooling of one slide whose tiles arrive in chunks, as an online softmax:
+    a running maximum of the attention logits, the weight sum and the weighted sum of ``h``
+    rescaled whenever the maximum grows. Memory is one chunk, whatever the slide's size, and the
+    result equals pooling all tiles at once (up to float rounding)."""
+
+    def __init__(self, model: AdapterMIL) -> None:
+        self.model = model
+        self.top = torch.tensor(float("-inf"))
+        self.weight_sum = torch.tensor(0.0)
+        self.weighted: Tensor | None = None
+
+    @torch.no_grad()
+    def add(self, x: Tensor) -> None:
+        """Add a chunk of tile embeddings ``(n, D)``."""
+        if not len(x):
+            return
+        h = self.model.hidden(x)
+        scores = self.model.attention_scores(h)
+        top = torch.maximum(self.top, scores.max())
+        rescale = torch.exp(self.top - top)
+        weights = torch.exp(scores - top)
+        self.weight_sum = self.weight_sum * rescale + weights.sum()
+        chunk_sum = weights @ h
+        self.weighted = chunk_sum if self.weighted is None else self.weighted * rescale + chunk_sum
+        self.top = top
+
+    @torch.no_grad()
+    def proba(self) -> Tensor:
+        """Class probabilities ``(C,)`` of the slide from every tile added."""
+        if self.weighted is None:
+            raise ValueError("no tiles were added to the slide")
+        logits = self.model.classifier(self.weighted / self.weight_sum)
+        return torch.softmax(logits, dim=0)
+
+
+def predict_proba_streamed(
+    model: AdapterMIL, slides: Iterable[Iterable[Tensor]],
+) -> np.ndarray:
+    """Slide probabilities ``(S, C)`` with every slide's tiles read chunk by chunk (e.g. all the
+    tiles of each slide from a feature store, edited per chunk): memory is one chunk, not a
+    padded ``(S, T, D)`` batch."""
+    model.eval()
+    rows = []
+    for chunks in slides:
+        pooling = StreamedPooling(model)
+        for x in chunks:
+            pooling.add(x)
+        rows.append(pooling.proba())
+    if not rows:
+        return np.zeros((0, model.classifier.out_features))
+    return torch.stack(rows).numpy()
 
 
 @torch.no_grad()

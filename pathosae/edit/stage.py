@@ -17,7 +17,9 @@ import pandas as pd
 
 from pathosae.config import PathosaeConfig
 from pathosae.confounders.directions import load_directions
+from pathosae.downstream.all_tiles import capped_vs_all_tiles
 from pathosae.downstream.splits import cohort_splits
+from pathosae.downstream.train import train_downstream
 from pathosae.edit.defaults import (
     build_candidates,
     confounder_aware_saes,
@@ -112,11 +114,15 @@ def embedding_effects(
                                   aware=confounder_aware_saes(run))
     measured = sum(c.edit is not None for c in candidates)
     step("edit", f"effect table: the unedited downstream model, then {measured} edits and baselines")
+    base_model = train_downstream(splits.train, ecfg.downstream, ecfg.seed)
     with ticker("edit: candidates", measured, unit="edit") as tick:
         table = effect_table(splits, ticking(candidates, tick), ecfg.downstream, ecfg.seed,
-                             modes=tuple(ecfg.modes), leakage_folds=ecfg.leakage_folds,
-                             uncertainty=cfg.uncertainty,
+                             base_model=base_model, modes=tuple(ecfg.modes),
+                             leakage_folds=ecfg.leakage_folds, uncertainty=cfg.uncertainty,
                              retrain_max_draws=ecfg.retrain_max_draws)
+    step("edit", "the unedited model on every tile of the test slides (streamed)")
+    all_tiles = capped_vs_all_tiles(base_model, FeatureStore(run, analysed_features(cfg)),
+                                    {"normal": splits.normal, "shifted": splits.shifted})
     table.insert(0, SETTINGS_HASH, key)
     table.insert(1, HELD_OUT_SITE, held_out_site)
     table.insert(2, NORMAL_TEST, splits.normal_source)
@@ -125,4 +131,4 @@ def embedding_effects(
     write_parquet_atomic(out_dir / EFFECTS, table)
     return {SETTINGS_HASH: key, "n_rows": len(table), "edits": [s.name for s, _ in specs],
             "flagged_units": counts, "sae": sae_dir.name, HELD_OUT_SITE: held_out_site,
-            NORMAL_TEST: splits.normal_source}
+            NORMAL_TEST: splits.normal_source, "all_tiles": all_tiles}

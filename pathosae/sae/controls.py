@@ -84,9 +84,9 @@ def column_ranks(codes: np.ndarray) -> np.ndarray:
     share the average of their rank positions. The ranks do not depend on any concept, so one
     call serves every concept and every shuffled null.
     """
-    codes = np.asarray(codes)
+    codes = np.asfortranarray(codes)  # columns contiguous: each is read whole, many times
     n_rows, n_cols = codes.shape
-    ranks = np.empty((n_rows, n_cols), dtype=np.float32)
+    ranks = np.empty((n_rows, n_cols), dtype=np.float32, order="F")
     for j in range(n_cols):
         column = codes[:, j]
         nonzero = np.flatnonzero(column)
@@ -106,7 +106,8 @@ def aurocs_from_ranks(ranks: np.ndarray, positive: np.ndarray) -> np.ndarray:
     n_neg = positive.size - n_pos
     if n_pos == 0 or n_neg == 0:
         return np.full(ranks.shape[1], np.nan)
-    rank_sums = positive.astype(np.float64) @ ranks.astype(np.float64, copy=False)
+    # float32 sums (no float64 copy of the ranks): AUROC error ~1e-6 at tens of thousands of rows
+    rank_sums = positive.astype(ranks.dtype) @ ranks
     return (rank_sums - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 

@@ -36,10 +36,14 @@ class SparseCodes:
         return dense.index_put((self.rows, self.cols), self.values, accumulate=True)
 
     def decode(self, w_dec: Tensor, values: Tensor | None = None) -> Tensor:
-        """``sum_i values[i] * w_dec[cols[i]]`` per sample, without the decoder bias."""
+        """``sum_i values[i] * w_dec[cols[i]]`` per sample, without the decoder bias.
+
+        The values take the decoder's dtype: under bfloat16 autocast the encoder's codes are
+        bfloat16 while the (cheap, k rows a sample) sparse decode stays in the weights' float32.
+        """
+        weights = self.values if values is None else values
         return functional.embedding_bag(
-            self.cols, w_dec, self.offsets, mode="sum",
-            per_sample_weights=self.values if values is None else values,
+            self.cols, w_dec, self.offsets, mode="sum", per_sample_weights=weights.to(w_dec.dtype),
         )
 
     def fired(self) -> Tensor:
@@ -85,10 +89,12 @@ def transpose_matmul(rows: Tensor, cols: Tensor, values: Tensor, dense: Tensor, 
     if dense.device.type == "cpu":
         with warnings.catch_warnings():  # "CSR support is in beta": tests check it against dense
             warnings.simplefilter("ignore")
+            # The CPU CSR product has no bfloat16 kernel: autocast runs this one in float32.
             g_t = torch.sparse_csr_tensor(
-                crow, rows[order], values[order], (n_out, dense.shape[0]), check_invariants=False
+                crow, rows[order], values[order].float(), (n_out, dense.shape[0]),
+                check_invariants=False,
             )
-        return g_t @ dense
+        return g_t @ dense.float()
     out = dense.new_zeros(n_out, dense.shape[1])
     return out.index_add_(0, cols, values[:, None] * dense[rows])
 
@@ -122,6 +128,7 @@ class _ActivePreacts(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         # ctx is the autograd node (torch types it Any): FunctionCtx lacks saved_tensors.
         x_centred, w_enc, rows, cols = ctx.saved_tensors
+        grad = grad.to(w_enc.dtype)  # bfloat16 autocast: the weights' gradients stay float32
         n_latents = w_enc.shape[0]
         grad_w = grad_b_enc = grad_b_dec = None
         per_latent = torch.zeros(n_latents, dtype=grad.dtype, device=grad.device)

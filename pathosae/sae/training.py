@@ -128,6 +128,14 @@ def default_lr(d_sae: int) -> float:
     return 2e-4 / math.sqrt(d_sae / 2**14)
 
 
+def uses_bfloat16(precision: str, device: torch.device) -> bool:
+    """bfloat16 autocast: asked for, or ``auto`` on a CUDA device that supports it."""
+    if precision == "bfloat16":
+        return True
+    return (precision == "auto" and device.type == "cuda"
+            and torch.cuda.is_bf16_supported())
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -336,6 +344,7 @@ def train_sae(
     scale = _initialise(sae, source, cfg, seed, row_conditions)
     sae.to(device).train()
 
+    bf16 = uses_bfloat16(cfg.precision, device)
     n_steps = n_steps_for(cfg)
     optimizer = make_optimizer(sae.parameters(), cfg.lr or default_lr(sae.d_sae))
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -349,7 +358,9 @@ def train_sae(
     last: dict[str, float] = {}
     for indices in order:
         batch = source.rows(indices).to(device, non_blocking=True).mul_(scale)
-        losses = _losses(sae, batch, indices, row_conditions)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            losses = _losses(sae, batch, indices, row_conditions)
+        losses = {name: value.float() for name, value in losses.items()}
         loss = sum(losses.values())
         assert isinstance(loss, Tensor), "an SAE returns at least one loss"
         optimizer.zero_grad(set_to_none=True)
@@ -379,6 +390,7 @@ def train_sae(
         "dead_fraction_train": float(sae.dead_mask().float().mean()),
         "seed": seed,
         "device": str(device),
+        "precision": "bfloat16" if bf16 else "float32",
         "confounders": list(levels or {}),
         "within_label": bool(row_conditions is not None and row_conditions.labels is not None),
     }
