@@ -82,7 +82,7 @@ from pathosae.edit.effects import combat_candidate
 from pathosae.edit.robustness import pooled_robustness
 from pathosae.sae import Conditions, evaluate_sae, train_sae
 from pathosae.sae.base import SAE
-from pathosae.sae.conditional import ConditionedTopKSAE
+from pathosae.sae.conditional import ConditionedTopKSAE, TopKOffsetsSAE
 from pathosae.sae.controls import match_decoders, matched_cosines
 from pathosae.sae.reserved import TopKReservedSAE
 from pathosae.schema import PATIENT_ID, SLIDE_ID, SPLIT
@@ -95,12 +95,13 @@ from pathosae.uncertainty import Resamples, patient_resamples, percentile_interv
 CONFOUNDERS = ("site", "scanner", "stain_batch")
 SCORED = ("site", "scanner")  # ground-truth precision / recall (the issue's targets)
 LABEL = "label"
-ARCHITECTURES = ("topk", "topk_offsets", "topk_reserved")
-ROWS = ("no_edit", "topk_ablate_site", "topk_offsets_edit", "topk_reserved_edit", "leace_site",
-        "combat_site")
+ARCHITECTURES = ("topk", "topk_offsets", "topk_reserved", "topk_offsets_reserved")
+ROWS = ("no_edit", "topk_ablate_site", "topk_offsets_edit", "topk_reserved_edit",
+        "topk_offsets_reserved_edit", "leace_site", "combat_site")
 ROW_SAE = {"topk_ablate_site": "topk", "topk_offsets_edit": "topk_offsets",
-           "topk_reserved_edit": "topk_reserved"}
-CONFOUNDER_AWARE = ("topk_offsets_edit", "topk_reserved_edit")
+           "topk_reserved_edit": "topk_reserved",
+           "topk_offsets_reserved_edit": "topk_offsets_reserved"}
+CONFOUNDER_AWARE = ("topk_offsets_edit", "topk_reserved_edit", "topk_offsets_reserved_edit")
 FDR = 0.05
 STABLE_COSINE = 0.7
 LEVEL = 0.95
@@ -348,10 +349,10 @@ def sae_figures(saes: dict[str, SAE], tables: dict[str, pd.DataFrame], cohort: C
         if arch == "topk":
             masks = {v: flagged(tables[arch], v, sae.d_sae) for v in SCORED}
             entry["truth"] = truth_scores(decoder, cohort.truth, masks, tables[arch])
-        elif isinstance(sae, TopKReservedSAE):
+        if isinstance(sae, TopKReservedSAE):
             entry["truth"] = truth_scores(decoder, cohort.truth, reserved_masks(sae), None)
             entry["block"] = block_truth(sae, cohort.truth)
-        elif isinstance(sae, ConditionedTopKSAE):
+        if isinstance(sae, TopKOffsetsSAE):
             entry["offsets"] = offsets_truth(sae, cohort.truth)
         out[arch] = entry
     return out
@@ -460,12 +461,14 @@ def baseline_edits(splits: Splits) -> dict[str, Splits]:
 
 
 def sae_edits(saes: dict[str, SAE], tables: dict[str, pd.DataFrame], splits: Splits) -> dict[str, Splits]:
-    plain, offsets, reserved = (saes[a] for a in ARCHITECTURES)
+    plain = saes["topk"]
     site_units = np.flatnonzero(flagged(tables["topk"], "site", plain.d_sae))
-    assert isinstance(offsets, ConditionedTopKSAE) and isinstance(reserved, ConditionedTopKSAE)
-    return {"topk_ablate_site": map_splits(splits, ablation_edit(plain, site_units)),
-            "topk_offsets_edit": map_splits(splits, library_edit(offsets)),
-            "topk_reserved_edit": map_splits(splits, library_edit(reserved))}
+    edits = {"topk_ablate_site": map_splits(splits, ablation_edit(plain, site_units))}
+    for row in CONFOUNDER_AWARE:
+        aware = saes[ROW_SAE[row]]
+        assert isinstance(aware, ConditionedTopKSAE)
+        edits[row] = map_splits(splits, library_edit(aware))
+    return edits
 
 
 def unseen(saes: dict[str, SAE], splits: Splits) -> dict[str, Any]:
@@ -570,7 +573,8 @@ def sae_table(summary: dict[str, Any]) -> str:
     head = "| SAE (row) | " + " | ".join(t for _, t in SAE_COLUMNS) + " | stable units |"
     lines = [head, "|" + "---|" * (len(SAE_COLUMNS) + 2)]
     names = {"topk": "topk (topk_ablate_site)", "topk_offsets": "topk_offsets (edit)",
-             "topk_reserved": "topk_reserved (edit)"}
+             "topk_reserved": "topk_reserved (edit)",
+             "topk_offsets_reserved": "topk_offsets_reserved (edit)"}
     for arch in ARCHITECTURES:
         entry = summary[arch]
         cells = [cell(entry.get(c)) for c, _ in SAE_COLUMNS]
@@ -590,7 +594,8 @@ def verdict(ok: bool) -> str:
 def unit_targets(sae: dict[str, Any], n_slides: int) -> list[str]:
     size = "" if n_slides >= TARGET_SLIDES else f" [cohort has {n_slides} < {TARGET_SLIDES} slides]"
     lines = []
-    for arch, how in (("topk", "plain SAE, flagged units"), ("topk_reserved", "reserved block")):
+    for arch, how in (("topk", "plain SAE, flagged units"), ("topk_reserved", "reserved block"),
+                      ("topk_offsets_reserved", "offsets + reserved block")):
         for variable in SCORED:
             p, r = sae[arch][f"{variable}_precision"]["mean"], sae[arch][f"{variable}_recall"]["mean"]
             ok = bool(np.nan_to_num(p) >= 0.9 and np.nan_to_num(r) >= 0.8)
@@ -659,7 +664,8 @@ def span_lines(sae: dict[str, Any]) -> list[str]:
     """Where the confounder components point: mean |cos| with the planted spans."""
     lines = ["| component | " + " | ".join(f"{v}: {span}" for v in SCORED for span in SPANS) + " |",
              "|" + "---|" * (1 + len(SCORED) * len(SPANS))]
-    for arch, part in (("topk_offsets", "offsets"), ("topk_reserved", "block")):
+    for arch, part in (("topk_offsets", "offsets"), ("topk_reserved", "block"),
+                       ("topk_offsets_reserved", "offsets"), ("topk_offsets_reserved", "block")):
         cells = [cell(sae[arch][f"{part}_{v}_{span}"]) for v in SCORED for span in SPANS]
         lines.append(f"| {arch} {part} | " + " | ".join(cells) + " |")
     return lines

@@ -203,7 +203,8 @@ class SAEConfig(Section):
     )
     architecture: str = Field(
         "topk", description="Architecture for library calls: topk, batchtopk, relu, jumprelu, "
-        "matryoshka, topk_offsets, topk_reserved (the last two are confounder-aware).",
+        "matryoshka, topk_offsets, topk_reserved, topk_offsets_reserved (the last three are "
+        "confounder-aware).",
     )
     encoder: str | None = Field(
         None, description="Features of this encoder; null: the embedding section's encoder."
@@ -220,20 +221,21 @@ class SAEConfig(Section):
         description="Matryoshka prefix sizes; empty: d_sae/16, d_sae/8, d_sae/4, d_sae/2, d_sae.",
     )
     confounder_columns: list[str] | None = Field(
-        None, description="Confounder-aware SAEs (topk_offsets, topk_reserved): the cohort "
+        None, description="Confounder-aware SAEs (topk_offsets, topk_reserved, "
+        "topk_offsets_reserved): the cohort "
         "columns they are conditioned on (levels from the train split only); null: "
         "cohort.confounders.",
     )
     reserved_per_level: int = Field(
-        2, ge=1, description="topk_reserved: latents reserved per level of each confounder (a "
+        2, ge=1, description="topk_(offsets_)reserved: latents reserved per level of each confounder (a "
         "block of this x n_levels latents per confounder, outside the TopK budget k).",
     )
     supervised_coefficient: float = Field(
-        1.0, ge=0, description="topk_reserved: weight of the cross-entropy of each block's "
+        1.0, ge=0, description="topk_(offsets_)reserved: weight of the cross-entropy of each block's "
         "linear read-out predicting its confounder's level.",
     )
     independence_coefficient: float = Field(
-        10.0, ge=0, description="topk_reserved: weight of the linear-kernel HSIC (squared "
+        10.0, ge=0, description="topk_(offsets_)reserved: weight of the linear-kernel HSIC (squared "
         "cross-covariance) between the free latents and each confounder's one-hot, centred "
         "within label.",
     )

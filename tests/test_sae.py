@@ -70,7 +70,7 @@ def small_cfg(**kw) -> SAEConfig:
 
 def test_registry_has_every_architecture():
     assert {"topk", "batchtopk", "relu", "jumprelu", "matryoshka"} <= set(ARCHS)
-    assert {"topk_offsets", "topk_reserved"} <= set(ARCHS)
+    assert {"topk_offsets", "topk_reserved", "topk_offsets_reserved"} <= set(ARCHS)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -179,7 +179,9 @@ def test_input_scale_is_folded(arch):
     assert torch.allclose(z, z_scaled / scale, atol=1e-5)
 
 
-@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka", "topk_offsets", "topk_reserved"])
+@pytest.mark.parametrize("arch", [
+    "topk", "batchtopk", "matryoshka", "topk_offsets", "topk_reserved", "topk_offsets_reserved",
+])
 @pytest.mark.parametrize("all_dead", [False, True])
 def test_sparse_gradients_match_dense_reference(arch, all_dead):
     torch.manual_seed(0)

@@ -103,7 +103,8 @@ def combat_candidate(site_column: str = "site") -> Candidate:
 
 def confounder_aware_candidate(name: str, sae: ConditionedSAE, site_column: str) -> Candidate:
     """A confounder-aware SAE's own edit (``topk_offsets``: each tile's offsets replaced by the
-    mean offset; ``topk_reserved``: the reserved block ablated) on every split. Each tile is
+    mean offset; ``topk_reserved``: the reserved block ablated; ``topk_offsets_reserved``: both)
+    on every split. Each tile is
     encoded with its slide's levels and keeps the SAE's error: x − x̂(x, levels) + x̂_edit."""
 
     def edit_bags(bags: Bags) -> Bags:

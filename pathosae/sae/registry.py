@@ -31,6 +31,7 @@ def _load_builtin() -> None:
         conditional,
         jumprelu,
         matryoshka,
+        offsets_reserved,
         relu,
         reserved,
         topk,

@@ -174,7 +174,8 @@ def build_model(
     """An untrained SAE of the configured architecture and width.
 
     ``levels``: the confounder level vocabulary of the confounder-aware architectures
-    (``topk_offsets``, ``topk_reserved``), which cannot be built without it; others ignore it.
+    (``topk_offsets``, ``topk_reserved``, ``topk_offsets_reserved``), which cannot be built
+    without it; others ignore it.
     """
     name = architecture or cfg.architecture
     cls = get_architecture(name)
@@ -184,6 +185,13 @@ def build_model(
             f"SAE {name!r} is confounder-aware and needs the confounders' level vocabulary. Fix: "
             "train it with train_sae(..., conditions=Conditions.from_frame(rows, columns))."
         )
+    reserved = {
+        "k": cfg.k,
+        "levels": levels,
+        "reserved_per_level": cfg.reserved_per_level,
+        "supervised_coefficient": cfg.supervised_coefficient,
+        "independence_coefficient": cfg.independence_coefficient,
+    }
     options_of: dict[str, dict[str, Any]] = {
         "topk": {"k": cfg.k},
         "batchtopk": {"k": cfg.k},
@@ -195,13 +203,8 @@ def build_model(
             "threshold_init": cfg.jumprelu_threshold,
         },
         "topk_offsets": {"k": cfg.k, "levels": levels},
-        "topk_reserved": {
-            "k": cfg.k,
-            "levels": levels,
-            "reserved_per_level": cfg.reserved_per_level,
-            "supervised_coefficient": cfg.supervised_coefficient,
-            "independence_coefficient": cfg.independence_coefficient,
-        },
+        "topk_reserved": reserved,
+        "topk_offsets_reserved": reserved,
     }
     options = options_of.get(name, {})
     if "k" in options and options["k"] > d_sae:

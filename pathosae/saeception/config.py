@@ -26,7 +26,7 @@ class SAECeptionConfig(SplitSettings):
         "(SAE-ception whose targets come from a confounder-aware SAE told the training slides' "
         "confounders: its reserved block is never kept, and it decodes with the mean offsets).",
     )
-    aware_architecture: Literal["topk_reserved", "topk_offsets"] = Field(
+    aware_architecture: Literal["topk_reserved", "topk_offsets", "topk_offsets_reserved"] = Field(
         "topk_reserved", description="The confounder-aware SAE of the aware variant.",
     )
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
