@@ -7,7 +7,8 @@ child, sampled from /proc), printed as a table with the growth exponent between 
 (log(time ratio) / log(size ratio): 1 is linear; RSS exponents near 0 mean memory does not grow).
 
     .venv/bin/python benchmarks/scale.py --tiles 50000,400000,2000000 [--dim 1024]
-        [--tiles-per-slide 1000] [--out /tmp/pathosae_scale] [--stages sae,confounders,edit,...]
+        [--tiles-per-slide 1000 | --slides 100] [--out /tmp/pathosae_scale]
+        [--stages sae,confounders,edit,...]
 
 The baseline it names is its own smallest size: targets are ratios between sizes measured in the
 same run (peak RSS at 2M <= 1.5x the peak at 400k and <= 6 GB; time at most linear in tiles).
@@ -86,10 +87,18 @@ def write_config(synth: Path, path: Path) -> Path:
 
 
 def run_size(n_tiles: int, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Every step of one size, or the figures of an earlier run of the same size and settings
+    (``DIR/<tiles>/result.json``: a killed benchmark resumes at the size it was on)."""
     root = Path(args.out) / f"{n_tiles}"
     synth, run, log = root / "synth", root / "run", root / "log.txt"
+    slides = args.slides or max(8, n_tiles // args.tiles_per_slide)
+    settings = {"tiles": n_tiles, "slides": slides, "dim": args.dim, "stages": args.stages}
+    done = root / "result.json"
+    if done.is_file():
+        previous = json.loads(done.read_text())
+        if previous.get("settings") == settings:
+            return dict(previous["results"])
     root.mkdir(parents=True, exist_ok=True)
-    slides = max(8, n_tiles // args.tiles_per_slide)
     results: dict[str, dict[str, float]] = {}
     if not (synth / "cohort.csv").is_file():
         results["synth-features"] = timed(
@@ -111,6 +120,7 @@ def run_size(n_tiles: int, args: argparse.Namespace) -> dict[str, dict[str, floa
         else:
             cmd = [pathosae, command, "--run", str(run), "--config", str(config), *extra]
         results[stage] = timed(cmd, log)
+    done.write_text(json.dumps({"settings": settings, "results": results}, indent=2))
     return results
 
 
@@ -147,6 +157,9 @@ def main() -> None:
     parser.add_argument("--tiles", default="50000,400000,2000000")
     parser.add_argument("--dim", type=int, default=1024)
     parser.add_argument("--tiles-per-slide", type=int, default=1000)
+    parser.add_argument("--slides", type=int, default=None,
+                        help="The same slides at every size (tiles per slide grow with the size): "
+                        "slide-level work stays fixed and the growth is the tiles' alone.")
     parser.add_argument("--stages", default=",".join(STAGES))
     parser.add_argument("--out", default="/tmp/pathosae_scale")
     args = parser.parse_args()

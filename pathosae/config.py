@@ -332,6 +332,10 @@ class ConfoundersConfig(Section):
         0.1, ge=0, le=1, description="Smallest effect beyond the label (partial eta²: share of "
         "a unit's slide-level variance the confounder explains after the label) of a finding.",
     )
+    null_repeats: int = Field(
+        20, ge=0, description="Repeats of the permuted-metadata null (the whole slide-level scan "
+        "on shuffled metadata; each costs about one scan). 0: no null.",
+    )
     confirm_tiles_per_slide: int = Field(
         16, ge=1, description="Tiles per slide sampled for the mixed-model confirmation."
     )

@@ -140,9 +140,10 @@ def control_rows(
         summary["scan"]["sae_random"] = _counts(counts)
         nulls["sae_random"] = random
     summary["permuted_null"] = {}
-    for name, source in nulls.items():
+    for name, source in nulls.items() if ccfg.null_repeats else ():
         null = permuted_null_repeats(source.codes, source.slides, variables, covariates, kinds,
-                                     alpha, ccfg.seed, correlation=ccfg.correlation,
+                                     alpha, ccfg.seed, repeats=ccfg.null_repeats,
+                                     correlation=ccfg.correlation,
                                      max_permutations=ccfg.scan_permutations)
         frames.append(null.assign(control="permuted_null", representation=name))
         summary["permuted_null"][name] = summarise_null(null, alpha)
