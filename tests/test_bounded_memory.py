@@ -174,3 +174,18 @@ def test_slides_predicted_over_all_their_tiles_straight_from_the_store(tmp_path)
     every_tile = load_run_bags(run, cfg, "site", max_tiles_per_slide=100, seed=0)
     assert every_tile.x.shape[0] == sum(counts.values())
     np.testing.assert_allclose(from_store, predict_proba(model, every_tile), rtol=1e-5, atol=1e-6)
+
+
+def test_confirmation_and_pathorob_samples_are_capped():
+    from pathosae.confounders.associations import _confirmation_tiles
+    from pathosae.confounders.probes import _capped_tiles
+
+    tile_slide = np.repeat(np.arange(10), 3)
+    assert np.array_equal(_confirmation_tiles(tile_slide, 10, seed=0), np.arange(30))
+    rows = _confirmation_tiles(tile_slide, 4, seed=0)
+    kept = np.unique(tile_slide[rows])
+    assert len(kept) == 4 and len(rows) == 12  # whole slides: every sampled tile of each
+    assert np.array_equal(rows, _confirmation_tiles(tile_slide, 4, seed=0))
+    assert np.array_equal(_capped_tiles(50, 100, seed=0), np.arange(50))
+    capped = _capped_tiles(5000, 100, seed=0)
+    assert len(capped) == 100 and np.all(np.diff(capped) > 0)
