@@ -89,12 +89,14 @@ def transpose_matmul(rows: Tensor, cols: Tensor, values: Tensor, dense: Tensor, 
     if dense.device.type == "cpu":
         with warnings.catch_warnings():  # "CSR support is in beta": tests check it against dense
             warnings.simplefilter("ignore")
-            # The CPU CSR product has no bfloat16 kernel: autocast runs this one in float32.
+            # The CPU CSR product has no bfloat16 kernel: under autocast it runs in float32
+            # (float32 and float64 inputs keep their precision).
+            work = torch.promote_types(torch.promote_types(values.dtype, dense.dtype), torch.float32)
             g_t = torch.sparse_csr_tensor(
-                crow, rows[order], values[order].float(), (n_out, dense.shape[0]),
+                crow, rows[order], values[order].to(work), (n_out, dense.shape[0]),
                 check_invariants=False,
             )
-        return g_t @ dense.float()
+        return g_t @ dense.to(work)
     out = dense.new_zeros(n_out, dense.shape[1])
     return out.index_add_(0, cols, values[:, None] * dense[rows])
 
