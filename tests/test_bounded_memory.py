@@ -189,3 +189,23 @@ def test_confirmation_and_pathorob_samples_are_capped():
     assert np.array_equal(_capped_tiles(50, 100, seed=0), np.arange(50))
     capped = _capped_tiles(5000, 100, seed=0)
     assert len(capped) == 100 and np.all(np.diff(capped) > 0)
+
+
+def test_permutation_nulls_run_below_and_above_the_row_cap():
+    import pandas as pd
+
+    from pathosae.sae.run_training import _permutation_controls
+
+    rng = np.random.default_rng(0)
+    slides = np.repeat([f"s{i}" for i in range(10)], 150)
+    data = {"train_x": rng.normal(size=(1500, DIM)).astype(np.float32),
+            "held_x": rng.normal(size=(1500, DIM)).astype(np.float32), "train_slides": slides}
+    held_index = pd.DataFrame({"slide_id": slides})
+    for cap in (2000, 1000):  # every row (no copy), then a seeded draw
+        sae_cfg = SAEConfig.model_validate({
+            "d_sae": 16, "k": 4, "batch_size": 32, "n_samples": 32 * 5, "init_samples": 64,
+            "eval_max_rows": 1000, "controls": {"max_rows": cap},
+        })
+        result = _permutation_controls(data, sae_cfg, "topk", {}, held_index, 0, {})
+        for mode in ("between", "within"):
+            assert np.isfinite(result[mode]["held_out"]["fvu"]), (cap, mode)

@@ -204,6 +204,13 @@ def control_samples(sae_cfg: SAEConfig) -> SAEConfig:
     return sae_cfg.model_copy(update={"n_samples": cap})
 
 
+def _rows(x: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """``x[positions]``, without a copy when the positions are every row in order."""
+    if len(positions) == len(x) and np.array_equal(positions, np.arange(len(x))):
+        return x
+    return x[positions]
+
+
 def _sample_rows(rows: np.ndarray, limit: int, seed: int) -> np.ndarray:
     if len(rows) <= limit:
         return rows
@@ -219,8 +226,9 @@ def _permutation_controls(
     train_pos = _sample_rows(np.arange(len(data["train_x"])), sae_cfg.controls.max_rows, seed)
     held_pos = _sample_rows(np.arange(len(data["held_x"])),
                             min(sae_cfg.eval_max_rows, sae_cfg.controls.max_rows), seed + 1)
-    train_x = data["train_x"][train_pos]
-    held_x = data["held_x"][held_pos]
+    # Below the caps the draws are every row: use the arrays as they are, not a second copy.
+    train_x = _rows(data["train_x"], train_pos)
+    held_x = _rows(data["held_x"], held_pos)
     train_slides = data["train_slides"][train_pos]
     held_slides = held_index[SLIDE_ID].astype(str).to_numpy()[held_pos]
     results: dict[str, Any] = {
@@ -245,6 +253,7 @@ def _permutation_controls(
                 null_codes,
             )
         results[mode] = entry
+        del null_train, null_held  # before the next mode's copies: one permuted copy at a time
     return results
 
 
