@@ -324,6 +324,11 @@ class ConfoundersConfig(Section):
         10, ge=0, description="Top hits per column confirmed by a mixed model and a permutation."
     )
     n_permutations: int = Field(999, ge=9, description="Permutations of slide-level labels.")
+    specific_beyond_confounders: bool = Field(
+        True, description="A finding's effect holds the other declared confounders fixed as well "
+        "as the label (where the scanner follows the site, a site unit is otherwise also a "
+        "scanner finding).",
+    )
     specificity_permutations: int = Field(
         20, ge=0, description="Permutations of each confounder among the patients of each label "
         "level: the null of the effect beyond the label (0: no specificity test).",

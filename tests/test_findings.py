@@ -89,3 +89,30 @@ def test_unit_stability_against_a_hand_built_permutation_of_decoder_atoms():
     cosine = matched_cosines(other, main)
     assert np.allclose(np.delete(cosine, 5), 1.0)
     assert cosine[5] < 0.7  # the atom replaced by a random one has no match
+
+
+def test_a_site_unit_is_not_a_scanner_finding_where_the_scanner_follows_the_site():
+    meta = _cohort()
+    rng = np.random.default_rng(5)
+    follows = meta["site"].isin(["A", "B"]).to_numpy() ^ (rng.random(len(meta)) < 0.15)
+    meta = meta.assign(scanner=np.where(follows, "s1", "s2"))
+    meta["scanner"] = meta.groupby("patient_id")["scanner"].transform("first")
+    codes = _units(meta)
+    codes[:, 2] += 2.0 * (meta["scanner"] == "s1").to_numpy()  # unit 2: a scanner unit
+    table = pd.DataFrame({"unit": [0, 2, 0, 2], "variable": ["scanner", "scanner", "site", "site"],
+                          "aggregation": "mean", "level": "slide", "q": 1e-9, "flagged": True})
+    kinds = {"site": "categorical", "label": "categorical", "scanner": "categorical"}
+    stable = pd.Series([True, True, True], index=[0, 1, 2])
+
+    def findings(beyond: bool) -> dict[tuple[str, int], bool]:
+        out = add_findings(table, {"mean": codes}, meta, ["site", "scanner"], "label", [], kinds,
+                           "spearman", 30, 0, min_effect=0.1, stability=stable,
+                           beyond_other_confounders=beyond)
+        return {(v, u): bool(f) for v, u, f in zip(out["variable"], out["unit"], out["finding"],
+                                                   strict=True)}
+
+    label_only = findings(beyond=False)
+    assert label_only[("scanner", 0)]  # beyond the label only, the site unit "is" a scanner unit
+    held = findings(beyond=True)
+    assert not held[("scanner", 0)] and held[("scanner", 2)]
+    assert held[("site", 0)] and not held[("site", 2)]

@@ -102,7 +102,8 @@ def unit_findings(
     confounders = [v for v in variables if v != label]
     return add_findings(associations, data.codes, data.slides, confounders, label, covariates, kinds,
                         ccfg.correlation, ccfg.specificity_permutations, ccfg.seed,
-                        ccfg.min_effect, stability)
+                        ccfg.min_effect, stability,
+                        beyond_other_confounders=ccfg.specific_beyond_confounders)
 
 
 def _slides_tested(meta: pd.DataFrame, covariates: list[str]) -> dict[str, int]:

@@ -5,11 +5,12 @@ slide mean, so q < alpha alone separates nothing. A unit × confounder associati
 *finding* when it is
 
 - **specific**: the unit's slide-level association with the confounder holds beyond the label.
-  The effect is the partial eta² of the confounder with the label (and the configured
-  covariates) held fixed: the share of the unit's slide-level variance, left after the label,
-  that the confounder explains. Its null comes from the confounder permuted among the patients
-  of each label level (patient level: a patient's slides move together), which keeps the
-  label–confounder link of the cohort and breaks only what the confounder adds. A unit is
+  The effect is the partial eta² of the confounder with the label (the configured covariates
+  and, by default, the other declared confounders) held fixed: the share of the unit's
+  slide-level variance, left after what is held, that the confounder explains. Its null comes
+  from the confounder permuted among the patients of each label level (patient level: a
+  patient's slides move together), which keeps the label–confounder link of the cohort and
+  breaks only what the confounder adds. A unit is
   specific when its effect exceeds the 95th percentile of the largest null effect over all
   units (a family-wise threshold: at most a 5% chance that any unit passes by luck);
 - **large enough**: the effect is at least ``confounders.min_effect``;
@@ -80,9 +81,14 @@ def add_findings(  # noqa: PLR0913 (the scan's settings, passed through)
     associations: pd.DataFrame, codes: dict[str, np.ndarray], meta: pd.DataFrame,
     confounders: list[str], label: str | None, covariates: list[str], kinds: dict[str, Kind],
     correlation: Correlation, n_permutations: int, seed: int, min_effect: float,
-    stability: pd.Series | None,
+    stability: pd.Series | None, beyond_other_confounders: bool = False,
 ) -> pd.DataFrame:
-    """The association table with the finding columns on its slide-level confounder rows."""
+    """The association table with the finding columns on its slide-level confounder rows.
+
+    ``beyond_other_confounders`` also holds the other declared confounders fixed in each one's
+    effect: where the scanner follows the site, a site unit is otherwise "specific" to the
+    scanner as well (and the other way round).
+    """
     out = associations.assign(effect_beyond_label=np.nan, effect_null=np.nan,
                               specific=pd.NA, stable=pd.NA, finding=pd.NA)
     if stability is not None:
@@ -93,8 +99,9 @@ def add_findings(  # noqa: PLR0913 (the scan's settings, passed through)
                     & (out["aggregation"] == aggregation))
             if not rows.any():
                 continue
-            effect, null = specific_effects(matrix, meta, variable, label, covariates, kinds,
-                                            correlation, n_permutations, seed)
+            others = [c for c in confounders if c != variable] if beyond_other_confounders else []
+            effect, null = specific_effects(matrix, meta, variable, label, [*covariates, *others],
+                                            kinds, correlation, n_permutations, seed)
             units = out.loc[rows, "unit"].to_numpy(int)
             out.loc[rows, "effect_beyond_label"] = effect[units]
             out.loc[rows, "effect_null"] = null
