@@ -3,7 +3,8 @@
 Probes here are mostly wide and short: thousands of SAE units (or 1,024+ embedding dims) over
 tens to a few thousand slides. For an L2 penalty the fitted weights lie in the span of the
 standardised training rows (the representer theorem), so the probe is fitted on the rows'
-coordinates in that span (at most ``n_train`` columns, from one SVD) instead of on all ``d``
+coordinates in that span (at most ``n_train`` columns, from one eigendecomposition of the
+n × n Gram matrix) instead of on all ``d``
 columns: the same model, up to the solver's tolerance, at a fraction of the cost. The intercept
 is unpenalised and the standardised training rows are centred, so it is unaffected.
 """

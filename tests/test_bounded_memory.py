@@ -178,7 +178,7 @@ def test_slides_predicted_over_all_their_tiles_straight_from_the_store(tmp_path)
 
 def test_confirmation_and_pathorob_samples_are_capped():
     from pathosae.confounders.associations import _confirmation_tiles
-    from pathosae.confounders.probes import _capped_tiles
+    from pathosae.sampling import seeded_subset
 
     tile_slide = np.repeat(np.arange(10), 3)
     assert np.array_equal(_confirmation_tiles(tile_slide, 10, seed=0), np.arange(30))
@@ -186,8 +186,8 @@ def test_confirmation_and_pathorob_samples_are_capped():
     kept = np.unique(tile_slide[rows])
     assert len(kept) == 4 and len(rows) == 12  # whole slides: every sampled tile of each
     assert np.array_equal(rows, _confirmation_tiles(tile_slide, 4, seed=0))
-    assert np.array_equal(_capped_tiles(50, 100, seed=0), np.arange(50))
-    capped = _capped_tiles(5000, 100, seed=0)
+    assert np.array_equal(seeded_subset(np.arange(50), 100, seed=0), np.arange(50))
+    capped = seeded_subset(np.arange(5000), 100, seed=0)
     assert len(capped) == 100 and np.all(np.diff(capped) > 0)
 
 

@@ -18,6 +18,7 @@ from pathosae.confounders.collect import CodeModel, Collected, codes_and_recon, 
 from pathosae.confounders.findings import add_findings
 from pathosae.confounders.scan import Kind, add_qvalues, association_scan, infer_kind
 from pathosae.errors import StageError
+from pathosae.sampling import seeded_subset
 from pathosae.schema import PATIENT_ID, UNIT_STABILITY
 
 
@@ -154,7 +155,6 @@ def _confirmation_tiles(tile_slide: np.ndarray, max_slides: int, seed: int) -> n
     slides = np.unique(tile_slide)
     if len(slides) <= max_slides:
         return np.arange(len(tile_slide))
-    chosen = np.random.default_rng(seed).choice(slides, size=max_slides, replace=False)
-    return np.flatnonzero(np.isin(tile_slide, chosen))
+    return np.flatnonzero(np.isin(tile_slide, seeded_subset(slides, max_slides, seed)))
 
 

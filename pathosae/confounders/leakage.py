@@ -25,6 +25,7 @@ from sklearn.model_selection import LeaveOneGroupOut, StratifiedGroupKFold
 from pathosae.config import UncertaintyConfig
 from pathosae.errors import PathosaeError
 from pathosae.probe import StandardisedLogistic
+from pathosae.progress import bar
 from pathosae.schema import PATIENT_ID
 from pathosae.uncertainty import Resamples, auroc_replicates, patient_resamples, percentile_interval
 
@@ -222,7 +223,7 @@ def leakage_table(  # noqa: PLR0913 - the probes' inputs and the null's and boot
     """
     uncertainty = uncertainty or UncertaintyConfig()
     rows = []
-    for variable in variables:
+    for variable in bar(variables, "confounders: leakage probes", unit="variable"):
         known = metadata[variable].notna().to_numpy()
         target = metadata[variable].astype(str).to_numpy()
         groups = metadata[group_column].astype(str).to_numpy()

@@ -24,6 +24,7 @@ from pathosae.confounders.leakage import leakage_table
 from pathosae.confounders.pathorob import pathorob_table
 from pathosae.confounders.robustness import robustness_table
 from pathosae.confounders.scan import Kind
+from pathosae.sampling import seeded_subset
 from pathosae.schema import PATIENT_ID, SLIDE_ID, SPLIT
 
 #: Tiles scored by croma's metrics (a seeded draw from the stage's tile sample): its exact
@@ -72,7 +73,7 @@ def pathorob_rows(
     label = cfg.cohort.label
     if label is None or label not in data.slides:
         return pd.DataFrame()
-    rows = _capped_tiles(len(data.tile_slide), cfg.confounders.pathorob_max_tiles,
+    rows = seeded_subset(np.arange(len(data.tile_slide)), cfg.confounders.pathorob_max_tiles,
                          cfg.confounders.seed)
     meta = data.slides.iloc[data.tile_slide[rows]].reset_index(drop=True)
     tiles = data.tile_features[rows]
@@ -82,13 +83,6 @@ def pathorob_rows(
     confs = [v for v in categorical if v != label]
     return pathorob_table(reps, meta, label, confs, cfg.confounders.k_neighbors,
                           cfg.confounders.cv_folds, cfg.confounders.seed)
-
-
-def _capped_tiles(n_tiles: int, cap: int, seed: int) -> np.ndarray:
-    """All sampled tiles, or a seeded draw of ``cap`` of them (in their order)."""
-    if n_tiles <= cap:
-        return np.arange(n_tiles)
-    return np.sort(np.random.default_rng(seed).choice(n_tiles, size=cap, replace=False))
 
 
 def robustness_rows(
@@ -140,7 +134,9 @@ def control_rows(
         summary["scan"]["sae_random"] = _counts(counts)
         nulls["sae_random"] = random
     summary["permuted_null"] = {}
-    for name, source in nulls.items() if ccfg.null_repeats else ():
+    if not ccfg.null_repeats:
+        nulls = {}
+    for name, source in nulls.items():
         null = permuted_null_repeats(source.codes, source.slides, variables, covariates, kinds,
                                      alpha, ccfg.seed, repeats=ccfg.null_repeats,
                                      correlation=ccfg.correlation,

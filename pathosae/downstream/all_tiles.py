@@ -18,6 +18,7 @@ from pathosae.downstream.metrics import task_metrics
 from pathosae.downstream.model import AdapterMIL
 from pathosae.downstream.train import predict_proba, predict_proba_streamed
 from pathosae.features import FeatureStore
+from pathosae.progress import bar
 
 CHUNK_ROWS = 8192
 
@@ -26,7 +27,7 @@ def predict_store_slides(model: AdapterMIL, store: FeatureStore, slide_ids: np.n
                          chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
     """Class probabilities ``(S, C)`` of the given slides from all their stored tiles."""
     slides = ((torch.from_numpy(chunk) for chunk in store.iter_chunks(str(s), chunk_rows))
-              for s in slide_ids)
+              for s in bar(slide_ids, "all tiles of the test slides", unit="slide"))
     return predict_proba_streamed(model, slides)
 
 

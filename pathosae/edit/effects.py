@@ -144,10 +144,6 @@ def missing_candidate(name: str, reason: str) -> Candidate:
     return Candidate(name, "baseline", None, missing_reason=reason)
 
 
-def _map_x(splits: Splits, fn: Callable[[Tensor], Tensor]) -> Splits:
-    return Splits(*(b.with_x(fn(b.x).float()) for b in (splits.train, splits.normal, splits.shifted)))
-
-
 def effect_table(  # noqa: PLR0913 - the table's inputs and its optional measurements
     splits: Splits,
     candidates: list[Candidate],

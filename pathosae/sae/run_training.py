@@ -28,6 +28,7 @@ from pathosae.sae.levels import Conditions
 from pathosae.sae.metrics import encode_rows, evaluate_sae
 from pathosae.sae.registry import get_architecture
 from pathosae.sae.training import train_sae
+from pathosae.sampling import seeded_subset
 from pathosae.schema import SLIDE_ID, SPLIT
 from pathosae.tiling.reader import load_tiles
 
@@ -58,8 +59,8 @@ def split_data(store: FeatureStore, features_name: str, sae_cfg: SAEConfig, seed
             f"features {features_name}: {len(train_rows)} train and {len(held_rows)} held-out "
             "tiles. Fix: the cohort needs slides in the train split and in val or test."
         )
-    train = _sample_rows(train_rows, sae_cfg.max_train_rows, seed)
-    held = _sample_rows(held_rows, sae_cfg.eval_max_rows, seed + 1)
+    train = seeded_subset(train_rows, sae_cfg.max_train_rows, seed)
+    held = seeded_subset(held_rows, sae_cfg.eval_max_rows, seed + 1)
     matrix = store.matrix()
     fingerprint = settings_hash({
         "matrix": store.fingerprint(), "shape": list(matrix.shape),
@@ -211,20 +212,14 @@ def _rows(x: np.ndarray, positions: np.ndarray) -> np.ndarray:
     return x[positions]
 
 
-def _sample_rows(rows: np.ndarray, limit: int, seed: int) -> np.ndarray:
-    if len(rows) <= limit:
-        return rows
-    return np.sort(np.random.default_rng(seed).choice(rows, size=limit, replace=False))
-
-
 def _permutation_controls(
     data: dict[str, Any], sae_cfg: SAEConfig, name: str, concepts: dict[str, np.ndarray],
     held_index: pd.DataFrame, seed: int, told: dict[str, Any],
 ) -> dict[str, Any]:
     """SAEs on per-dimension permutation nulls (between and within slides); see controls.py."""
     n_samples = control_samples(sae_cfg)
-    train_pos = _sample_rows(np.arange(len(data["train_x"])), sae_cfg.controls.max_rows, seed)
-    held_pos = _sample_rows(np.arange(len(data["held_x"])),
+    train_pos = seeded_subset(np.arange(len(data["train_x"])), sae_cfg.controls.max_rows, seed)
+    held_pos = seeded_subset(np.arange(len(data["held_x"])),
                             min(sae_cfg.eval_max_rows, sae_cfg.controls.max_rows), seed + 1)
     # Below the caps the draws are every row: use the arrays as they are, not a second copy.
     train_x = _rows(data["train_x"], train_pos)
@@ -299,7 +294,7 @@ def _coverage(
 ) -> dict[str, Any]:
     if not concepts:
         return {"status": "unavailable", "reason": "no concept labels for these tiles"}
-    rows = _sample_rows(np.arange(len(index)), COVERAGE_ROWS, seed)
+    rows = seeded_subset(np.arange(len(index)), COVERAGE_ROWS, seed)
     codes = encode_rows(sae, x[rows], conditions=None if conditions is None else conditions[rows])
     groups = index[SLIDE_ID].astype(str).to_numpy()[rows]
     chosen = {k: v[rows] for k, v in concepts.items()}
