@@ -31,8 +31,8 @@ import tifffile
 import torch
 
 from pathosae.config import load_config
-from pathosae.embedding.device import plan_inference
-from pathosae.embedding.stage import forward_batch, prepare_model, run_stage
+from pathosae.embedding.device import forward_batch, plan_inference, prepare_model
+from pathosae.embedding.stage import run_stage
 from pathosae.encoders import build_encoder
 from pathosae.io import write_parquet_atomic
 from pathosae.run import RunDir

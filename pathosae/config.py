@@ -181,6 +181,12 @@ class SAEControlsConfig(Section):
         0.7, gt=0, le=1, description="A unit is stable when every other seed has a unit "
         "matching its decoder atom at this |cosine| or more.",
     )
+    stable_match: Literal["best", "hungarian"] = Field(
+        "best", description="How a unit's match in another seed is found for its stable flag: "
+        "best, the nearest decoder atom (a direction learned twice, or split, by one seed still "
+        "replicates); hungarian, the one-to-one matching (strict: of two near-duplicate units only "
+        "one can match). The summary's mean matched cosine is always the Hungarian one.",
+    )
     concept_coverage: bool = Field(
         True, description="Best single unit's AUROC per phenotype / confounder, and units > 0.9."
     )

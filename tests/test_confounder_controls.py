@@ -194,5 +194,11 @@ def test_tiny_run_writes_baselines_controls_and_ground_truth(
             assert figures["precision"] == pytest.approx(both / len(flagged), abs=1e-4)
         else:
             assert figures["precision"] is None  # undefined with nothing flagged: null
+        # The findings (what the report headlines) are scored the same way.
+        is_finding = assoc["finding"].fillna(False).astype(bool)
+        found = set(assoc.loc[(assoc["variable"] == effect) & is_finding, "unit"].astype(int))
+        assert set(rows.loc[rows["finding"], "unit"]) == found
+        assert figures["findings"]["n_findings"] == len(found)
+        assert figures["findings"]["true_positives"] == len(found & true_units)
     again = run_pipeline(run, cfg, stages=["confounders"], echo=lambda _: None)
     assert again["confounders"].get("skipped")

@@ -12,15 +12,18 @@ from statsmodels.stats.multitest import multipletests
 
 from pathosae.confounders.aggregate import aggregate_by_group, summarise_tiles
 from pathosae.confounders.confirm import mixed_model_p, permutation_p
+from pathosae.confounders.findings import add_findings
 from pathosae.confounders.groundtruth import (
     permuted_null,
     precision_recall,
     ranking_auroc,
     score_against_truth,
     true_effect_units,
+    unit_scores,
 )
-from pathosae.confounders.scan import add_qvalues, association_scan, benjamini_hochberg
+from pathosae.confounders.scan import Kind, add_qvalues, association_scan, benjamini_hochberg
 from pathosae.errors import PathosaeError
+from pathosae.schema import PATIENT_ID
 
 
 def _cohort(n: int, seed: int) -> pd.DataFrame:
@@ -197,6 +200,33 @@ def test_ground_truth_scoring() -> None:
     ranking = ranking_auroc(table, "site", truth)
     assert ranking["auroc"] > 0.95 and ranking["n_true_tested"] == 4
     assert ranking_auroc(table, "site", ~truth)["auroc"] < 0.1  # the ranking is not symmetric
+
+
+def test_ground_truth_scores_the_findings_and_their_effects() -> None:
+    rng = np.random.default_rng(3)
+    n, units = 120, 12
+    site = np.tile(["A", "B", "C"], n // 3)
+    label = np.repeat(["x", "y"], n // 2)
+    codes = rng.gamma(2.0, 1.0, size=(n, units))
+    codes[:, :3] += 3.0 * (site == "C")[:, None]  # three true site units
+    codes[:, 3] += 0.5 * (site == "C")  # a small site effect: not a finding at min_effect 0.2
+    codes[:, 4] += 3.0 * (label == "y")  # the label's unit
+    meta = pd.DataFrame({"site": site, "label": label, PATIENT_ID: [f"p{i}" for i in range(n)]})
+    table = add_qvalues(association_scan(codes, meta, ["site", "label"]))
+    table = table.assign(aggregation="mean", level="slide", flagged=table["q"] <= 0.05)
+    kinds: dict[str, Kind] = {"site": "categorical", "label": "categorical"}
+    table = add_findings(table, {"mean": codes}, meta, ["site"], "label", [], kinds, "spearman",
+                         n_permutations=20, seed=0, min_effect=0.2, stability=None)
+    truth = np.zeros(units, dtype=bool)
+    truth[:3] = True
+    scores = unit_scores(table, "site", 0.05, truth)
+    assert scores["findings"] == {"n_findings": 3, "true_positives": 3, "precision": 1.0,
+                                  "recall": 1.0}
+    assert scores["effect_auroc"] == 1.0 and scores["recall"] == 1.0
+    wrong = np.zeros(units, dtype=bool)
+    wrong[4] = True  # the label's unit called the site's: no finding hits it
+    assert unit_scores(table, "site", 0.05, wrong)["findings"]["recall"] == 0.0
+    assert "findings" not in unit_scores(table.drop(columns="finding"), "site", 0.05, truth)
 
 
 def test_rank_scan_is_calibrated_on_heavy_tailed_null_units():

@@ -165,3 +165,48 @@ def test_confounder_aware_edit_removes_the_planted_site_shift() -> None:
     label_gap = edited.shifted.x[edited.shifted.tile_y() == 1, 0].mean() - \
         edited.shifted.x[edited.shifted.tile_y() == 0, 0].mean()
     assert float(label_gap) > 0.6  # the label direction (1 unit) survives
+
+
+def test_offsets_edit_with_its_flagged_units_removes_the_sparse_site_atom_too() -> None:
+    """The offsets take site B's mean shift; a sparse atom that fires on half of site B's tiles
+    stays in the dictionary (its mean joins the offset, its spread does not). The offsets SAE's
+    units flagged for site on the training slides carry it, and ablating them in the edit takes
+    it off as well."""
+    from planted_bags import planted_bags
+
+    from pathosae.config import SAEConfig
+    from pathosae.downstream.splits import Splits
+    from pathosae.edit.config import EditConfig
+    from pathosae.edit.defaults import offsets_flagged_units
+    from pathosae.edit.effects import confounder_aware_candidate
+    from pathosae.sae import Conditions, train_sae
+
+    def with_atom(bags, seed):
+        fires = np.random.default_rng(seed).random(len(bags.x)) < 0.5
+        atom = torch.zeros(bags.x.shape[1])
+        atom[2] = 3.0
+        on = torch.as_tensor(fires & (bags.tile_site() == "B"))
+        return bags.with_x(bags.x + on[:, None] * atom)
+
+    train = with_atom(planted_bags(80, 1, "train", 0.5), 1)
+    test = with_atom(planted_bags(40, 2, "test", 0.5), 2)
+    frame = pd.DataFrame({"site": train.tile_site()})
+    sae = train_sae(train.x, SAEConfig(d_sae=32, k=4, n_samples=8000, batch_size=128, seed=0),
+                    architecture="topk_offsets", conditions=Conditions.from_frame(frame, ["site"]))
+    found = offsets_flagged_units(train, {"off": sae}, ["site"], EditConfig())
+    units = found[("off", "site")]
+    atoms = torch.nn.functional.normalize(sae.W_dec[units], dim=1)
+    assert atoms[:, 2].abs().max() > 0.8  # a flagged unit is the planted atom
+    splits = Splits(train, test, test)
+    plain = confounder_aware_candidate("off_edit", sae, "site").edit(splits)
+    both = confounder_aware_candidate("off_edit_ablate_site", sae, "site", units).edit(splits)
+    assert plain is not None and both is not None
+
+    def gap(bags):  # site B minus site A: spread along the atom's axis (its mean is an offset)
+        site = bags.tile_site()
+        return float(bags.x[site == "B", 2].std() - bags.x[site == "A", 2].std())
+
+    assert gap(test) > 0.5 and gap(plain.shifted) > 0.5  # the offsets alone leave the atom
+    assert abs(gap(both.shifted)) < 0.5 * gap(plain.shifted)
+    # only offsets SAEs get these edits: a reserved SAE's block is its own edit
+    assert offsets_flagged_units(train, {}, ["site"], EditConfig()) == {}

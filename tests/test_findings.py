@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from pathosae.confounders.findings import add_findings, permute_within_strata, specific_effects
-from pathosae.sae.controls import matched_cosines
+from pathosae.sae.controls import best_cosines, matched_cosines, seed_cosines
 from pathosae.verdict import flagged_units
 
 
@@ -89,6 +90,22 @@ def test_unit_stability_against_a_hand_built_permutation_of_decoder_atoms():
     cosine = matched_cosines(other, main)
     assert np.allclose(np.delete(cosine, 5), 1.0)
     assert cosine[5] < 0.7  # the atom replaced by a random one has no match
+
+
+def test_a_direction_the_other_seed_learned_once_is_stable_for_both_duplicates():
+    gen = torch.Generator().manual_seed(1)
+    main = torch.nn.functional.normalize(torch.randn(6, 32, generator=gen), dim=1)
+    main[1] = torch.nn.functional.normalize(main[0] + 0.2 * main[2], dim=0)  # a near-duplicate
+    other = main.clone()
+    other[1] = torch.nn.functional.normalize(torch.randn(32, generator=gen), dim=0)
+    best = seed_cosines(other, main, "best")
+    hungarian = seed_cosines(other, main, "hungarian")
+    # one-to-one, the duplicate's partner is taken; the nearest atom still finds the direction
+    assert hungarian[1] < 0.7 <= best[1]
+    assert np.allclose(np.delete(best, 1), 1.0) and np.allclose(np.delete(hungarian, 1), 1.0)
+    assert np.allclose(best, best_cosines(other, main))
+    with pytest.raises(ValueError, match="best"):
+        seed_cosines(other, main, "nearest")
 
 
 def test_a_site_unit_is_not_a_scanner_finding_where_the_scanner_follows_the_site():

@@ -286,3 +286,24 @@ def test_trains_from_memmap_rows(tmp_path):
     from_view = train_sae(view, cfg).state_dict()
     from_array = train_sae(x[rows], cfg).state_dict()
     assert all(torch.equal(from_view[k], from_array[k]) for k in from_view)
+
+
+@pytest.mark.parametrize("match", ["best", "hungarian"])
+def test_seed_stability_flags_units_by_the_configured_match(match):
+    from pathosae.sae import controls
+    from pathosae.sae.run_training import _seed_stability
+
+    x, _ = planted(n=2000)
+    cfg = small_cfg(n_samples=256 * 20)
+    cfg = cfg.model_copy(update={"controls": cfg.controls.model_copy(
+        update={"stability_seeds": 3, "stable_match": match})})
+    sae = train_sae(x, cfg, architecture="topk", seed=cfg.seed)
+    result = _seed_stability(sae, x, cfg, "topk", {})
+    others = [train_sae(x, cfg, architecture="topk", seed=s) for s in result["seeds"][1:]]
+    expected = np.min([controls.seed_cosines(o.W_dec, sae.W_dec, match) for o in others], axis=0)
+    assert np.allclose(result["_unit_cosine"], expected)  # every other seed, the smallest
+    assert result["stable_match"] == match
+    assert result["n_stable_units"] == int((expected >= cfg.controls.stable_cosine).sum())
+    if match == "best":  # the nearest atom is never farther than the one-to-one partner
+        hungarian = np.min([controls.matched_cosines(o.W_dec, sae.W_dec) for o in others], axis=0)
+        assert np.all(result["_unit_cosine"] >= hungarian - 1e-12)

@@ -223,6 +223,16 @@ def test_scorer_finds_exactly_the_planted_site_atoms(cohort: Path) -> None:
                            truth, alpha=0.05)
     assert wrong["site"]["precision"] == 0.0 and wrong["site"]["recall"] == 0.0
     assert wrong["site"]["auroc"] < 0.5
+    # The findings (half the planted atoms and one random row) and the effects' ranking.
+    scan = _associations(len(decoder), {"site": site_units})
+    unit = scan["unit"].to_numpy()
+    scan = scan.assign(finding=np.isin(unit, [0, 1, 2, 3, 20]),
+                       effect_beyond_label=np.where(unit < 8, 0.5 + unit / 100, 0.01))
+    table, found = score_units(decoder, scan, truth, alpha=0.05)
+    assert found["site"]["findings"] == {"n_findings": 5, "true_positives": 4, "precision": 0.8,
+                                         "recall": 0.5}
+    assert found["site"]["effect_auroc"] == 1.0
+    assert table.loc[table["finding"], "unit"].tolist() == [0, 1, 2, 3, 20]
 
 
 def test_a_unit_in_the_dense_directions_counts_and_random_units_do_not(cohort: Path) -> None:

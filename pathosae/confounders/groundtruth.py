@@ -12,6 +12,8 @@ whatever the scan says. The definition uses no p-value, so it is not circular wi
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -59,6 +61,67 @@ def precision_recall(flagged: np.ndarray, truth: np.ndarray) -> dict[str, float]
         "precision": hits / flagged.sum() if flagged.any() else float("nan"),
         "recall": hits / truth.sum() if truth.any() else float("nan"),
     }
+
+
+def finding_units(associations: pd.DataFrame, variable: str, n_units: int) -> np.ndarray | None:
+    """Units that are findings for ``variable`` (specific, large enough, stable; any
+    aggregation), or None when the table has no finding decided for it."""
+    if "finding" not in associations:
+        return None
+    rows = associations[associations["variable"] == variable]
+    decided = rows["finding"].notna()
+    if not decided.any():
+        return None
+    hits = rows.loc[decided & rows["finding"].fillna(False).astype(bool), "unit"]
+    mask = np.zeros(n_units, dtype=bool)
+    mask[hits.astype(int).unique()] = True
+    return mask
+
+
+def effect_auroc(associations: pd.DataFrame, variable: str, truth: np.ndarray) -> float:
+    """AUROC of each unit's largest effect beyond the label (the findings' size) at telling true
+    units from the others; NaN without effects. At hundreds of slides many p-values sit at the
+    permutation floor, so the effect ranks where the p-value ties."""
+    from sklearn.metrics import roc_auc_score
+
+    if "effect_beyond_label" not in associations:
+        return float("nan")
+    rows = associations[associations["variable"] == variable]
+    best = rows.groupby("unit")["effect_beyond_label"].max().dropna()
+    units = best.index.to_numpy(int)
+    units = units[units < len(truth)]
+    labels = np.asarray(truth, dtype=bool)[units]
+    if labels.all() or not labels.any():
+        return float("nan")
+    return float(roc_auc_score(labels, best.loc[units].to_numpy(float)))
+
+
+def unit_scores(associations: pd.DataFrame, variable: str, alpha: float,
+                truth: np.ndarray) -> dict[str, Any]:
+    """Every ground-truth figure of one confounder: the flagged units' precision and recall, the
+    p-value ranking's AUROC, and the same for the findings (the units the report headlines)."""
+    n_units = len(truth)
+    scores: dict[str, Any] = {
+        **precision_recall(flagged_units(associations, variable, alpha, n_units), truth),
+        **ranking_auroc(associations, variable, truth),
+    }
+    findings = finding_units(associations, variable, n_units)
+    if findings is not None:
+        found = precision_recall(findings, truth)
+        scores["findings"] = {"n_findings": found["n_flagged"],
+                              "true_positives": found["true_positives"],
+                              "precision": found["precision"], "recall": found["recall"]}
+    scores["effect_auroc"] = effect_auroc(associations, variable, truth)
+    return rounded(scores)
+
+
+def rounded(value: Any) -> Any:
+    """Floats to 4 decimals, through nested dicts (ints and the rest as they are)."""
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    if isinstance(value, float | np.floating):
+        return round(float(value), 4)
+    return value
 
 
 def ranking_auroc(associations: pd.DataFrame, variable: str, truth: np.ndarray) -> dict[str, float]:

@@ -1,13 +1,14 @@
-"""Scoring the flagged units against the effects planted in a synthetic cohort.
+"""Scoring the flagged units (and the findings) against the effects planted in a synthetic cohort.
 
 For a sample of tiles (at most ``MAX_TILES``, spread evenly over the slides) the generator renders
-each tile three times: as planted, without the site stain and without the scanner
-(:mod:`pathosae.synth.counterfactual`). The three are embedded with the run's encoder and encoded
-with the SAE; slide means of the codes per variant give, for every unit, the paired change that
-the site (or scanner) causes, and ``groundtruth.true_effect_units`` turns it into the set of true
-site (scanner) units. Precision and recall of the scan's flagged units follow. The cosine between
-the planted render's features and the stored features of the same tiles checks that the render is
-the slide the pipeline read.
+each tile twice more: without the site stain and without the scanner
+(:mod:`pathosae.synth.counterfactual`). The two are embedded exactly as the embedding stage embeds
+(same device, precision and memory layout) and encoded with the SAE; the planted version is the
+stored features of the same tiles. Slide means of the codes per variant give, for every unit, the
+paired change that the site (or scanner) causes, and ``groundtruth.true_effect_units`` turns it
+into the set of true site (scanner) units. Precision and recall of the scan's flagged units and of
+the findings follow. The cosine between a few re-rendered planted tiles' features and the stored
+features checks that the render is the slide the pipeline read.
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ from pathosae.config import PathosaeConfig
 from pathosae.confounders.collect import CodeModel, Collected, SlideFeatures, codes_and_recon
 from pathosae.confounders.groundtruth import (
     effect_ratio,
+    finding_units,
     flagged_units,
-    precision_recall,
-    ranking_auroc,
+    unit_scores,
 )
-from pathosae.encoders import build_encoder
+from pathosae.embedding.device import forward_batch, plan_inference, prepare_model
+from pathosae.encoders import build_encoder, get_spec
+from pathosae.progress import bar
 from pathosae.run import RunDir
 from pathosae.schema import SLIDE_ID
 from pathosae.tiling.reader import load_tiles
@@ -39,7 +42,7 @@ MAX_TILES = 768
 MAX_SLIDES = 64
 MIN_EFFECT = 0.5  # true unit: between-level spread of the planted change ≥ 0.5 planted SDs
 EFFECT_COLUMNS = {"site": "no_site", "scanner": "no_scanner"}  # variable -> counterfactual
-_BATCH = 32
+CHECK_TILES_PER_SLIDE = 2  # re-rendered tiles per slide compared with the stored features
 
 
 def truth_scorer(
@@ -82,16 +85,24 @@ def score_ground_truth(
         np.sort(rng.choice(len(slides), MAX_SLIDES, replace=False))]
     chosen = chosen.reset_index(drop=True)
     per_slide = max(1, MAX_TILES // len(chosen))
-    encoder = _encoder(cfg)
+    embed = _embedder(cfg)
+    counterfactuals = {name: off for name, off in DEFAULT_VARIANTS.items() if off}
     means: dict[str, list[np.ndarray]] = {name: [] for name in DEFAULT_VARIANTS}
     cosines, n_tiles = [], 0
-    for sid in chosen[SLIDE_ID].astype(str):
+    for sid in bar(chosen[SLIDE_ID].astype(str), "ground truth: counterfactual renders",
+                   unit="slide"):
         stored, coords = load_features(sid)
         pick = np.sort(rng.choice(len(coords), min(per_slide, len(coords)), replace=False))
         _, geom = load_tiles(run, sid)
-        tiles = render_tiles(design, sid, coords[pick], geom.tile_size_level0, geom.tile_px)
-        feats = {name: _embed(encoder, t) for name, t in tiles.items()}
-        cosines.append(_cosine(feats["planted"], np.asarray(stored[pick], np.float32)))
+        tiles = render_tiles(design, sid, coords[pick], geom.tile_size_level0, geom.tile_px,
+                             counterfactuals)
+        # The planted slide is the stored one: its codes come from the stored features, and a
+        # few re-rendered tiles check that the render reproduces them.
+        planted = np.asarray(stored[pick], np.float32)
+        check = render_tiles(design, sid, coords[pick[:CHECK_TILES_PER_SLIDE]],
+                             geom.tile_size_level0, geom.tile_px, {"planted": ()})["planted"]
+        cosines.append(_cosine(embed(check), planted[:CHECK_TILES_PER_SLIDE]))
+        feats = {"planted": planted, **{name: embed(t) for name, t in tiles.items()}}
         for name, x in feats.items():
             means[name].append(encode(x).mean(axis=0))
         n_tiles += len(pick)
@@ -104,10 +115,11 @@ def score_ground_truth(
         ratio = effect_ratio(slide_codes["planted"], slide_codes[counterfactual], chosen[variable])
         truth = np.where(np.isfinite(ratio), ratio >= MIN_EFFECT, False)
         flagged = flagged_units(associations, variable, ccfg.fdr_alpha, n_units)
-        scores = {**precision_recall(flagged, truth), **ranking_auroc(associations, variable, truth)}
-        figures[variable] = {k: _round(v) for k, v in scores.items()}
+        figures[variable] = unit_scores(associations, variable, ccfg.fdr_alpha, truth)
+        findings = finding_units(associations, variable, n_units)
         rows.append(pd.DataFrame({"unit": np.arange(n_units), "effect": variable,
-                                  "effect_ratio": ratio, "true_unit": truth, "flagged": flagged}))
+                                  "effect_ratio": ratio, "true_unit": truth, "flagged": flagged,
+                                  **({} if findings is None else {"finding": findings})}))
     table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
     summary = {
         **figures,
@@ -119,24 +131,23 @@ def score_ground_truth(
     return table, summary
 
 
-def _encoder(cfg: PathosaeConfig) -> Any:
+def _embedder(cfg: PathosaeConfig) -> Callable[[np.ndarray], np.ndarray]:
+    """uint8 tiles -> features, exactly as the embedding stage computes them (device, precision,
+    memory layout, batch size)."""
     emb = cfg.embedding
-    return build_encoder(emb.encoder, emb.weights, random_weights=emb.random_weights,
-                         seed=cfg.seed).eval()
+    encoder = build_encoder(emb.encoder, emb.weights, random_weights=emb.random_weights,
+                            seed=cfg.seed)
+    plan = plan_inference(emb, get_spec(emb.encoder))
+    model = prepare_model(encoder, plan)
 
+    def embed(tiles: np.ndarray) -> np.ndarray:
+        tensor = torch.from_numpy(tiles)
+        return np.concatenate([forward_batch(model, tensor[start:start + emb.batch_size], plan)
+                               for start in range(0, len(tiles), emb.batch_size)])
 
-def _embed(encoder: Any, tiles: np.ndarray) -> np.ndarray:
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(tiles), _BATCH):
-            out.append(encoder.embed(torch.from_numpy(tiles[start:start + _BATCH])).float().numpy())
-    return np.concatenate(out)
+    return embed
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     return np.einsum("ij,ij->i", a, b) / np.maximum(norms, 1e-12)
-
-
-def _round(value: float) -> float:
-    return value if isinstance(value, int) else round(float(value), 4)

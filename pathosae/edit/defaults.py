@@ -30,6 +30,7 @@ from pathosae.edit.effects import (
     editor_candidate,
     missing_candidate,
     replacement_candidate,
+    tile_level_codes,
 )
 from pathosae.edit.spec import Ablate, EditSpec, Leace, ProjectOut, RandomUnits
 from pathosae.features import FeatureStore
@@ -38,6 +39,7 @@ from pathosae.io import read_json
 from pathosae.run import RunDir
 from pathosae.sae.base import SAE
 from pathosae.sae.conditional import ConditionedTopKSAE as ConditionedSAE
+from pathosae.sae.conditional import TopKOffsetsSAE
 from pathosae.sae.io import load_sae
 from pathosae.sae.metrics import encode_rows
 from pathosae.sae.registry import get_architecture
@@ -84,34 +86,63 @@ def training_scan(
     as a covariate, BH q over the whole table. Directions: per level, the class-conditional mean
     difference of the training embeddings (``<variable>.mean_difference``, levels × dims).
     """
-    codes = encode_rows(sae, train.x).numpy()
-    order, summaries = aggregate_by_group(codes, train.slide.numpy().astype(str), ("mean", "frac_active"))
-    slides = pd.DataFrame({"label": np.array(train.classes)[train.y.numpy()], site_column: train.site,
-                           **train.meta}).iloc[np.asarray(order, dtype=int)].reset_index(drop=True)
+    table = scan_codes(encode_rows(sae, train.x).numpy(), train, variables, site_column)
     tile_labels = train.tile_y().numpy()
-    tables, directions = [], {}
+    directions = {}
     for var in variables:
-        if slides[var].nunique() < 2:
-            continue
-        for name, matrix in summaries.items():
-            tables.append(association_scan(matrix, slides, [var], covariates=["label"])
-                          .assign(aggregation=name, level="slide"))
         levels = train.tile_site() if var == site_column else train.meta[var][train.slide.numpy()]
+        if len(np.unique(levels)) < 2:
+            continue
         directions[f"{var}.mean_difference"] = mean_difference_directions(
             train.x.double().numpy(), levels, condition=tile_labels
         )[0].astype(np.float32)
-    table = add_qvalues(pd.concat(tables, ignore_index=True)) if tables else None
     return table, directions
+
+
+def scan_codes(codes: np.ndarray, train: Bags, variables: list[str],
+               site_column: str) -> pd.DataFrame | None:
+    """Slide-aggregated codes (mean, fraction active) of the training slides against each
+    confounder with the label as a covariate; BH q over the whole table (None: nothing tested)."""
+    order, summaries = aggregate_by_group(codes, train.slide.numpy().astype(str), ("mean", "frac_active"))
+    slides = pd.DataFrame({"label": np.array(train.classes)[train.y.numpy()], site_column: train.site,
+                           **train.meta}).iloc[np.asarray(order, dtype=int)].reset_index(drop=True)
+    tables = [association_scan(matrix, slides, [var], covariates=["label"])
+              .assign(aggregation=name, level="slide")
+              for var in variables if slides[var].nunique() >= 2
+              for name, matrix in summaries.items()]
+    return add_qvalues(pd.concat(tables, ignore_index=True)) if tables else None
+
+
+def offsets_flagged_units(
+    train: Bags, aware: dict[str, ConditionedSAE], variables: list[str], ecfg: EditConfig,
+) -> dict[tuple[str, str], list[int]]:
+    """Per offsets SAE (``topk_offsets``) and confounder: its units flagged on the training slides
+    (each tile encoded under its slide's levels, so the offsets have taken the dense shifts),
+    smallest q first, at most ``edit.max_flagged_units``."""
+    out: dict[tuple[str, str], list[int]] = {}
+    for name, model in aware.items():
+        if type(model) is not TopKOffsetsSAE:
+            continue
+        codes = tile_level_codes(train, model, ecfg.site_column)
+        table = scan_codes(encode_rows(model, train.x, conditions=codes).numpy(), train,
+                           variables, ecfg.site_column)
+        for var in variables:
+            units = flagged_ranked(table, var, ecfg.flag_alpha)[: ecfg.max_flagged_units]
+            if units:
+                out[(name, var)] = units
+    return out
 
 
 def build_candidates(
     specs: list[tuple[EditSpec, str]], counts: dict[str, int], sae: SAE,
     directions: dict[str, np.ndarray], ecfg: EditConfig, stain_features: object | None,
     aware: dict[str, ConditionedSAE] | None = None,
+    aware_units: dict[tuple[str, str], list[int]] | None = None,
 ) -> list[Candidate]:
     """Candidates for the specs, random-unit draws matching each flagged-unit edit, the edits of
-    the run's confounder-aware SAEs (``aware``, by folder name), ComBat and stain normalisation
-    (missing unless stain-normalised features exist)."""
+    the run's confounder-aware SAEs (``aware``, by folder name), the offsets SAEs' edits with their
+    flagged units of each confounder also ablated (``aware_units``, by (folder, confounder)),
+    ComBat and stain normalisation (missing unless stain-normalised features exist)."""
     out = [editor_candidate(s.name, kind, Editor(s, sae, directions), train_tile_metadata)
            for s, kind in specs]
     for i, (var, n) in enumerate(counts.items()):
@@ -122,6 +153,10 @@ def build_candidates(
             out.append(editor_candidate(spec.name, "random", Editor(spec, sae), train_tile_metadata, draw))
     out += [confounder_aware_candidate(f"{name}_edit", model, ecfg.site_column)
              for name, model in (aware or {}).items()]
+    models = aware or {}
+    out += [confounder_aware_candidate(f"{name}_edit_ablate_{var}", models[name],
+                                       ecfg.site_column, units)
+            for (name, var), units in (aware_units or {}).items()]
     out.append(combat_candidate(ecfg.site_column))
     if isinstance(stain_features, Splits):
         out.append(replacement_candidate("stain_normalisation", stain_features))

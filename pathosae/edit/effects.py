@@ -101,19 +101,31 @@ def combat_candidate(site_column: str = "site") -> Candidate:
     return Candidate("combat", "baseline", edit)
 
 
-def confounder_aware_candidate(name: str, sae: ConditionedSAE, site_column: str) -> Candidate:
+def tile_level_codes(bags: Bags, sae: ConditionedSAE, site_column: str) -> Tensor:
+    """Every tile's confounder level codes in the SAE's vocabulary (its slide's levels)."""
+    tiles = pd.DataFrame({site_column: bags.tile_site(),
+                          **{k: v[bags.slide.numpy()] for k, v in bags.meta.items()}})
+    return torch.as_tensor(sae.level_codes(tiles))
+
+
+def confounder_aware_candidate(name: str, sae: ConditionedSAE, site_column: str,
+                               units: list[int] | None = None) -> Candidate:
     """A confounder-aware SAE's own edit (``topk_offsets``: each tile's offsets replaced by the
     mean offset; ``topk_reserved``: the reserved block ablated; ``topk_offsets_reserved``: both)
     on every split. Each tile is
-    encoded with its slide's levels and keeps the SAE's error: x − x̂(x, levels) + x̂_edit."""
+    encoded with its slide's levels and keeps the SAE's error: x − x̂(x, levels) + x̂_edit.
+    ``units`` are also zeroed in the edited codes (the decoder is affine, so that takes
+    ``z[:, units] @ W_dec[units]`` off): with the offsets taking a confounder's dense shift, its
+    flagged units are the sparse confounder atoms left in the dictionary."""
+    index = torch.as_tensor(units or [], dtype=torch.long)
 
     def edit_bags(bags: Bags) -> Bags:
-        tiles = pd.DataFrame({site_column: bags.tile_site(),
-                              **{k: v[bags.slide.numpy()] for k, v in bags.meta.items()}})
-        codes = torch.as_tensor(sae.level_codes(tiles))
+        codes = tile_level_codes(bags, sae, site_column)
         with torch.no_grad():
             own = sae(bags.x, codes)[1]
-            edited = sae.edit(bags.x, codes)[1]
+            z, edited = sae.edit(bags.x, codes)
+            if len(index):
+                edited = edited - z[:, index] @ sae.W_dec[index]
         return bags.with_x((bags.x - own + edited).float())
 
     def edit(splits: Splits) -> Splits:

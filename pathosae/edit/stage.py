@@ -24,6 +24,7 @@ from pathosae.edit.defaults import (
     build_candidates,
     confounder_aware_saes,
     default_specs,
+    offsets_flagged_units,
     stain_normalised_splits,
     ticking,
     training_scan,
@@ -110,8 +111,10 @@ def embedding_effects(
     specs, counts = default_specs(variables, associations, directions, ecfg)
     specs += [(s, "edit") for s in user_specs]
     stain = stain_normalised_splits(run, cfg, ecfg)
+    aware = confounder_aware_saes(run)
+    aware_units = offsets_flagged_units(splits.train, aware, variables, ecfg)
     candidates = build_candidates(specs, counts, sae, directions, ecfg, stain_features=stain,
-                                  aware=confounder_aware_saes(run))
+                                  aware=aware, aware_units=aware_units)
     measured = sum(c.edit is not None for c in candidates)
     step("edit", f"effect table: the unedited downstream model, then {measured} edits and baselines")
     base_model = train_downstream(splits.train, ecfg.downstream, ecfg.seed)

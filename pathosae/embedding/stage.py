@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -26,7 +25,12 @@ from pathosae.embedding.dataset import (
     plan_batches,
     worker_init,
 )
-from pathosae.embedding.device import InferencePlan, plan_inference
+from pathosae.embedding.device import (
+    InferencePlan,
+    forward_batch,
+    plan_inference,
+    prepare_model,
+)
 from pathosae.embedding.h5files import feature_file_state, write_feature_file
 from pathosae.embedding.stain import HEStainNormaliser
 from pathosae.encoders import Encoder, build_encoder, get_spec
@@ -282,13 +286,6 @@ def embed_jobs(
     return done_tiles, failed, fallbacks
 
 
-def prepare_model(encoder: Encoder, plan: InferencePlan) -> Encoder:
-    model = encoder.to(plan.device).eval()
-    if plan.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model
-
-
 def make_loader(
     dataset: TileBatchDataset, keys: list[Any], num_workers: int, plan: InferencePlan
 ) -> DataLoader:
@@ -303,17 +300,6 @@ def make_loader(
         pin_memory=plan.device.type == "cuda",
         **extra,
     )
-
-
-def forward_batch(model: Encoder, tiles: torch.Tensor, plan: InferencePlan) -> np.ndarray:
-    """uint8 tiles -> float32 features on the host."""
-    with torch.inference_mode():
-        x = model.preprocess(tiles.to(plan.device, non_blocking=True))
-        if plan.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with plan.autocast():
-            y = model(x)
-        return y.float().cpu().numpy()
 
 
 def _write(job: SlideJob, features: np.ndarray, run: RunDir, name: str, base: dict[str, Any]) -> None:

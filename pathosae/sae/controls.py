@@ -46,6 +46,27 @@ def match_decoders(w_a: Tensor, w_b: Tensor) -> dict[str, float]:
     }
 
 
+def best_cosines(w_other: Tensor, w_ref: Tensor) -> np.ndarray:
+    """For each reference atom, its largest |cos| with any atom of the other dictionary.
+
+    Unlike the Hungarian matching, two reference atoms may share their best match: a direction
+    the other seed learned once (or split in two) still counts as found for both.
+    """
+    other = torch.nn.functional.normalize(w_other.detach().double().cpu(), dim=1)
+    ref = torch.nn.functional.normalize(w_ref.detach().double().cpu(), dim=1)
+    return (ref @ other.t()).abs().amax(dim=1).numpy()
+
+
+def seed_cosines(w_other: Tensor, w_ref: Tensor, match: str) -> np.ndarray:
+    """Per reference atom, its cosine with the other seed's dictionary under ``match``
+    (``hungarian``: one-to-one; ``best``: the nearest atom)."""
+    if match == "hungarian":
+        return matched_cosines(w_other, w_ref)
+    if match == "best":
+        return best_cosines(w_other, w_ref)
+    raise ValueError(f"unknown match {match!r}: use 'best' or 'hungarian'")
+
+
 def matched_cosines(w_est: Tensor, w_true: Tensor) -> np.ndarray:
     """For each true atom, |cos| with the estimated atom the Hungarian matching pairs it with."""
     est = torch.nn.functional.normalize(w_est.detach().double().cpu(), dim=1)

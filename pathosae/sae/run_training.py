@@ -179,21 +179,25 @@ def _timed(fn: Any, *args: Any) -> dict[str, Any]:
 
 def _seed_stability(sae: SAE, train_x: np.ndarray, sae_cfg: SAEConfig, name: str,
                     told: dict[str, Any]) -> dict[str, Any]:
-    """More seeds of the same SAE (full training each), Hungarian-matched to the main one.
+    """More seeds of the same SAE (full training each), matched to the main one.
 
-    The summary keys compare the main seed with the next (as before); ``_unit_cosine`` (popped
-    by the stage into ``stability.parquet``) is, per unit, the smallest matched cosine over all
-    other seeds: a unit is stable when every seed has a match at ``stable_cosine`` or more.
+    The summary keys compare the main seed with the next by the Hungarian matching (as before);
+    ``_unit_cosine`` (popped by the stage into ``stability.parquet``) is, per unit, the smallest
+    cosine over all other seeds under ``controls.stable_match``: a unit is stable when every seed
+    has a match at ``stable_cosine`` or more.
     """
-    seeds = [sae_cfg.seed + i for i in range(sae_cfg.controls.stability_seeds)]
+    ctl = sae_cfg.controls
+    seeds = [sae_cfg.seed + i for i in range(ctl.stability_seeds)]
     others = [train_sae(train_x, sae_cfg, architecture=name, seed=seed,
                         progress=_bar(f"sae {name}: seed {seed}"), **told) for seed in seeds[1:]]
-    per_seed = np.stack([controls.matched_cosines(o.W_dec, sae.W_dec) for o in others])
+    hungarian = np.stack([controls.matched_cosines(o.W_dec, sae.W_dec) for o in others])
+    per_seed = np.stack([controls.seed_cosines(o.W_dec, sae.W_dec, ctl.stable_match)
+                         for o in others])
     unit_cosine = per_seed.min(axis=0)
-    threshold = sae_cfg.controls.stable_cosine
     return {"seeds": seeds, **controls.match_decoders(sae.W_dec, others[0].W_dec),
-            "mean_cosine_per_seed": [float(c.mean()) for c in per_seed],
-            "stable_cosine": threshold, "n_stable_units": int((unit_cosine >= threshold).sum()),
+            "mean_cosine_per_seed": [float(c.mean()) for c in hungarian],
+            "stable_cosine": ctl.stable_cosine, "stable_match": ctl.stable_match,
+            "n_stable_units": int((unit_cosine >= ctl.stable_cosine).sum()),
             "_unit_cosine": unit_cosine}
 
 

@@ -28,7 +28,7 @@ import torch
 
 from pathosae.config import PathosaeConfig
 from pathosae.confounders.collect import CodeModel, Collected, SlideFeatures
-from pathosae.confounders.groundtruth import flagged_units, precision_recall, ranking_auroc
+from pathosae.confounders.groundtruth import finding_units, flagged_units, unit_scores
 from pathosae.errors import PathosaeError, StageError
 from pathosae.schema import SLIDE_ID
 from pathosae.synth.feature_design import build_dictionary
@@ -109,10 +109,9 @@ def score_units(decoder: np.ndarray, associations: pd.DataFrame, truth: FeatureT
         table = true_units(decoder, truth, variable)
         truth_mask = table["true_unit"].to_numpy(bool)
         flagged = flagged_units(associations, variable, alpha, len(decoder))
-        scores = {**precision_recall(flagged, truth_mask),
-                  **ranking_auroc(associations, variable, truth_mask)}
-        figures[variable] = {k: _round(v) for k, v in scores.items()}
-        rows.append(table.assign(flagged=flagged))
+        figures[variable] = unit_scores(associations, variable, alpha, truth_mask)
+        findings = finding_units(associations, variable, len(decoder))
+        rows.append(table.assign(flagged=flagged, **({} if findings is None else {"finding": findings})))
     summary: dict[str, Any] = {
         **figures,
         "kind": "features",
@@ -143,7 +142,3 @@ def stored_cosine(truth: FeatureTruth, store: SlideFeatures, slide_ids: list[str
         norms = np.linalg.norm(drawn, axis=1) * np.linalg.norm(stored, axis=1)
         cosines.append(np.einsum("ij,ij->i", drawn, stored) / np.maximum(norms, 1e-12))
     return round(float(np.mean(np.concatenate(cosines))), 4) if cosines else float("nan")
-
-
-def _round(value: float) -> float:
-    return value if isinstance(value, int) else round(float(value), 4)
