@@ -191,7 +191,8 @@ class SAEControlsConfig(Section):
         True, description="Best single unit's AUROC per phenotype / confounder, and units > 0.9."
     )
     max_rows: int = Field(
-        200_000, ge=1000, description="Rows sampled for permutation controls (held in RAM)."
+        50_000, ge=1000, description="Rows sampled for the permutation-null SAEs (each null "
+        "is a permuted copy held in RAM; structure-free data needs no more)."
     )
     max_samples: int | None = Field(
         None, ge=1, description="Training samples of each null and random-encoder control SAE "
@@ -269,7 +270,8 @@ class SAEConfig(Section):
     )
     max_train_rows: int = Field(
         200_000, ge=1, description="Training tiles held in memory (a seeded uniform draw over "
-        "the train slides when the cohort has more); bounds the stage's memory.",
+        "the train slides when the cohort has more); bounds the stage's memory. Never more than "
+        "n_samples: rows beyond the samples the SAE sees would not be used.",
     )
     dense_threshold: float = Field(
         0.1, gt=0, le=1, description="A latent is dense if it fires on more than this share."

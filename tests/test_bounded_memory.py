@@ -77,6 +77,11 @@ def test_sae_split_keeps_every_row_below_the_caps_and_samples_above(tmp_path):
     train_rows = {tuple(r) for r in np.concatenate([matrix[:6], matrix[15:]])}
     assert all(tuple(r) in train_rows for r in small["train_x"])
     assert set(small["train_slides"]) <= {"s1", "s4"}
+    # no more rows than the SAE will see: n_samples caps them as max_train_rows does
+    seen = split_data(store, "enc", SAEConfig(n_samples=4, batch_size=2), seed=0)
+    np.testing.assert_array_equal(seen["train_x"], split_data(
+        store, "enc", SAEConfig(max_train_rows=4), seed=0)["train_x"])
+    assert seen["train_x"].shape == (4, DIM) and seen["n_train_rows"] == 15
 
 
 _CHILD = textwrap.dedent("""

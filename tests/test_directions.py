@@ -12,6 +12,7 @@ from pathosae.confounders.directions import (
     fit_leace,
     load_directions,
     mean_difference_directions,
+    one_hot,
     probe_weights,
     save_directions,
 )
@@ -51,6 +52,9 @@ def test_mean_difference_recovers_planted_direction() -> None:
     assert levels == ["A", "B", "C"]
     assert abs(dirs[1] @ direction) > 0.95  # B moves along +direction
     assert dirs[2] @ direction < -0.9  # C moves against it
+    single, _ = mean_difference_directions(x.astype(np.float32), site)  # float64 means of float32
+    np.testing.assert_allclose(single, mean_difference_directions(
+        x.astype(np.float32).astype(np.float64), site)[0], atol=1e-12)
 
 
 def test_class_conditional_mean_difference_ignores_label_imbalance() -> None:
@@ -121,3 +125,19 @@ def test_stain_normaliser_maps_tiles_to_reference() -> None:
     np.testing.assert_array_equal(normalise(blank), blank)
     with pytest.raises(PathosaeError, match="uint8"):
         normalise(tile.astype(np.float32))
+
+
+def test_leace_in_chunks_equals_one_pass() -> None:
+    """The eraser fitted and applied a few rows at a time (running float64 statistics) is the
+    one-pass eraser, and float32 input comes back float32."""
+    import torch
+    from concept_erasure import LeaceFitter
+
+    x, site, _ = _planted(seed=2)
+    whole = LeaceFitter.fit(torch.as_tensor(x), torch.as_tensor(one_hot(site)[0])).eraser
+    chunked = fit_leace(x, site, chunk=7)
+    expected = whole(torch.as_tensor(x)).numpy()
+    np.testing.assert_allclose(apply_eraser(chunked, x, chunk=11), expected, atol=1e-9)
+    single = apply_eraser(chunked, x.astype(np.float32), chunk=11)
+    assert single.dtype == np.float32
+    np.testing.assert_allclose(single, expected, atol=1e-4)

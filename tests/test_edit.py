@@ -210,3 +210,41 @@ def test_offsets_edit_with_its_flagged_units_removes_the_sparse_site_atom_too() 
     assert abs(gap(both.shifted)) < 0.5 * gap(plain.shifted)
     # only offsets SAEs get these edits: a reserved SAE's block is its own edit
     assert offsets_flagged_units(train, {}, ["site"], EditConfig()) == {}
+
+
+def test_chunked_edit_paths_equal_the_whole_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The edit stage encodes a few thousand rows at a time (its memory is one chunk's codes):
+    the slide summaries of its scan, the random-unit draw and the confounder-aware edit come
+    out the same as from all the rows at once, with chunks that cut through slides."""
+    from planted_bags import planted_bags
+
+    from pathosae.config import SAEConfig
+    from pathosae.confounders.aggregate import aggregate_by_group
+    from pathosae.downstream.splits import Splits
+    from pathosae.edit import defaults, editor, effects, ops
+    from pathosae.sae import Conditions, train_sae
+    from pathosae.sae.metrics import encode_rows
+
+    train = planted_bags(30, 1, "train", 0.5)
+    frame = pd.DataFrame({"site": train.tile_site()})
+    cfg = SAEConfig(d_sae=24, k=4, n_samples=3000, batch_size=128, seed=0)
+    plain = train_sae(train.x, cfg)
+    aware = train_sae(train.x, cfg, architecture="topk_offsets",
+                      conditions=Conditions.from_frame(frame, ["site"]))
+    order, whole = aggregate_by_group(encode_rows(plain, train.x).numpy(),
+                                      train.slide.numpy().astype(str), ("mean", "frac_active"))
+    chunked = defaults.slide_code_summaries(train, plain, chunk=7)
+    np.testing.assert_array_equal(chunked.slides, np.asarray(order, dtype=int))
+    for name, matrix in whole.items():
+        np.testing.assert_allclose(chunked.matrices[name], matrix, rtol=1e-6, atol=1e-7)
+
+    splits = Splits(train, train, train)
+    units = [1, 5]
+    whole_draw = editor.draw_random_units(plain, train.x, 3, seed=4)
+    whole_edit = effects.confounder_aware_candidate("e", aware, "site", units).edit(splits)
+    monkeypatch.setattr(ops, "EDIT_CHUNK_ROWS", 7)
+    monkeypatch.setattr(effects, "EDIT_CHUNK_ROWS", 7)
+    assert editor.draw_random_units(plain, train.x, 3, seed=4) == whole_draw
+    chunk_edit = effects.confounder_aware_candidate("e", aware, "site", units).edit(splits)
+    assert whole_edit is not None and chunk_edit is not None
+    torch.testing.assert_close(chunk_edit.train.x, whole_edit.train.x, rtol=1e-5, atol=1e-5)

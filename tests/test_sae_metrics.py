@@ -121,3 +121,46 @@ def test_permutation_nulls_keep_marginals_and_break_structure():
     for s in range(4):  # within-slide: each slide keeps its own values per dimension
         rows = slides == s
         assert np.allclose(np.sort(within[rows], axis=0), np.sort(x[rows], axis=0))
+
+
+def _reference_permutation(x: np.ndarray, seed: int, groups: np.ndarray | None) -> np.ndarray:
+    """One ``rng.permutation`` per column (per group in sorted order), column by column."""
+    rng = np.random.default_rng(seed)
+    out = np.empty_like(x)
+    if groups is None:
+        for j in range(x.shape[1]):
+            out[:, j] = x[rng.permutation(len(x)), j]
+        return out
+    for g in np.unique(groups):
+        rows = np.flatnonzero(groups == g)
+        for j in range(x.shape[1]):
+            out[rows, j] = x[rows[rng.permutation(len(rows))], j]
+    return out
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_blocked_permutation_equals_the_column_by_column_draws(grouped: bool):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((300, 150)).astype(np.float32)  # more columns than one block
+    groups = rng.integers(0, 7, 300) if grouped else None
+    np.testing.assert_array_equal(permute_per_dimension(x, 5, groups),
+                                  _reference_permutation(x, 5, groups))
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_column_ranks_over_blocks_equal_scipy(monkeypatch: pytest.MonkeyPatch, overwrite: bool):
+    from scipy.stats import rankdata
+
+    from pathosae.sae import controls
+
+    monkeypatch.setattr(controls, "RANK_BLOCK", 3)  # 10 columns: blocks of 3, 3, 3 and 1
+    rng = np.random.default_rng(1)
+    codes = np.maximum(rng.standard_normal((200, 10)), 0).astype(np.float32)
+    codes[:, 4] = np.round(codes[:, 4], 1) - np.maximum(rng.standard_normal(200), 0)
+    expected = rankdata(codes, axis=0).astype(np.float32)
+    given = codes.copy()
+    ranks = controls.column_ranks(given, overwrite=overwrite)
+    np.testing.assert_allclose(ranks, expected, rtol=1e-6)
+    assert (ranks is given) == overwrite  # in place only when asked
+    if not overwrite:
+        np.testing.assert_array_equal(given, codes)

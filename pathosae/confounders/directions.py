@@ -31,18 +31,33 @@ def one_hot(labels: np.ndarray) -> tuple[np.ndarray, list[str]]:
     return (labels[:, None] == np.array(levels)[None, :]).astype(np.float64), levels
 
 
-def fit_leace(x: np.ndarray, labels: np.ndarray) -> LeaceEraser:
-    """Fit a LEACE eraser of a categorical concept on ``x`` (samples × dims), in float64."""
+LEACE_CHUNK_ROWS = 16_384
+"""Rows converted to float64 at once by the LEACE fit and transform (16k × 1,536 is 200 MB)."""
+
+
+def fit_leace(x: np.ndarray, labels: np.ndarray, chunk: int = LEACE_CHUNK_ROWS) -> LeaceEraser:
+    """Fit a LEACE eraser of a categorical concept on ``x`` (samples × dims, any float dtype).
+
+    The statistics are float64 and updated ``chunk`` rows at a time (concept-erasure's running
+    means and covariances), so no float64 copy of all of ``x`` is made."""
     z, levels = one_hot(labels)
     if len(levels) < 2:
         raise PathosaeError("LEACE needs at least two levels of the confounder to erase it.")
-    xt = torch.as_tensor(np.asarray(x, dtype=np.float64))
-    return LeaceFitter.fit(xt, torch.as_tensor(z)).eraser
+    fitter = LeaceFitter(x.shape[1], z.shape[1], dtype=torch.float64)
+    for start in range(0, len(x), chunk):
+        rows = slice(start, start + chunk)
+        fitter.update(torch.as_tensor(np.asarray(x[rows], dtype=np.float64)), torch.as_tensor(z[rows]))
+    return fitter.eraser
 
 
-def apply_eraser(eraser: LeaceEraser, x: np.ndarray) -> np.ndarray:
-    xt = torch.as_tensor(np.asarray(x, dtype=np.float64))
-    return eraser(xt).numpy()
+def apply_eraser(eraser: LeaceEraser, x: np.ndarray, chunk: int = LEACE_CHUNK_ROWS) -> np.ndarray:
+    """``x`` erased, in ``x``'s float dtype (computed in float64, ``chunk`` rows at a time)."""
+    x = np.asarray(x)
+    out = np.empty(x.shape, dtype=x.dtype if x.dtype.kind == "f" else np.float64)
+    for start in range(0, len(x), chunk):
+        rows = slice(start, start + chunk)
+        out[rows] = eraser(torch.as_tensor(np.asarray(x[rows], dtype=np.float64))).numpy()
+    return out
 
 
 def eraser_arrays(eraser: LeaceEraser) -> dict[str, np.ndarray]:
@@ -62,9 +77,10 @@ def mean_difference_directions(
 
     With ``condition`` (e.g. the task label) the difference is taken inside each condition
     class that holds the level and the other levels, then averaged weighted by that class's
-    size. Returns (levels × dims, levels).
+    size. Returns (levels × dims, levels). Means are taken in float64 whatever ``x``'s float
+    dtype (float32 input is not copied to float64 whole).
     """
-    x = np.asarray(x, dtype=np.float64)
+    x = np.asarray(x)
     confounder = np.asarray(confounder).astype(str)
     strata = np.zeros(len(x), dtype=int) if condition is None else np.unique(
         np.asarray(condition).astype(str), return_inverse=True
@@ -77,7 +93,8 @@ def mean_difference_directions(
             inside, other = (strata == s) & (confounder == level), (strata == s) & (confounder != level)
             if inside.any() and other.any():
                 weight = float((strata == s).sum())
-                directions[i] += weight * (x[inside].mean(axis=0) - x[other].mean(axis=0))
+                directions[i] += weight * (x[inside].mean(axis=0, dtype=np.float64)
+                                           - x[other].mean(axis=0, dtype=np.float64))
                 total += weight
         if total:
             directions[i] /= total

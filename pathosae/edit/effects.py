@@ -41,6 +41,7 @@ from pathosae.downstream.model import AdapterMIL
 from pathosae.downstream.splits import Splits
 from pathosae.downstream.train import predict_proba, train_downstream
 from pathosae.edit.editor import Editor
+from pathosae.edit.ops import EDIT_CHUNK_ROWS
 from pathosae.edit.robustness import pooled_robustness
 from pathosae.errors import PathosaeError, StageError
 from pathosae.sae.conditional import ConditionedTopKSAE as ConditionedSAE
@@ -119,14 +120,20 @@ def confounder_aware_candidate(name: str, sae: ConditionedSAE, site_column: str,
     flagged units are the sparse confounder atoms left in the dictionary."""
     index = torch.as_tensor(units or [], dtype=torch.long)
 
+    @torch.no_grad()
+    def edit_rows(x: Tensor, codes: Tensor) -> Tensor:
+        own = sae(x, codes)[1]
+        z, edited = sae.edit(x, codes)
+        if len(index):
+            edited = edited - z[:, index] @ sae.W_dec[index]
+        return (x - own + edited).float()
+
     def edit_bags(bags: Bags) -> Bags:
         codes = tile_level_codes(bags, sae, site_column)
-        with torch.no_grad():
-            own = sae(bags.x, codes)[1]
-            z, edited = sae.edit(bags.x, codes)
-            if len(index):
-                edited = edited - z[:, index] @ sae.W_dec[index]
-        return bags.with_x((bags.x - own + edited).float())
+        chunks = [edit_rows(bags.x[start : start + EDIT_CHUNK_ROWS],
+                            codes[start : start + EDIT_CHUNK_ROWS])
+                  for start in range(0, bags.x.shape[0], EDIT_CHUNK_ROWS)]
+        return bags.with_x(torch.cat(chunks) if chunks else bags.x.clone())
 
     def edit(splits: Splits) -> Splits:
         return Splits(*(edit_bags(b) for b in (splits.train, splits.normal, splits.shifted)))

@@ -72,8 +72,14 @@ def _basis(direction: Tensor, dim: int) -> Tensor:
     return q[:, keep].to(direction.dtype)
 
 
+EDIT_CHUNK_ROWS = 8192
+"""Rows encoded at once by a code edit: its codes, edited copy and change are each 8,192 ×
+d_sae floats (134 MB at 4,096 units); 65,536 rows made them 1 GB each."""
+
+
 @torch.no_grad()
-def apply_code_edit(x: Tensor, sae: SAELike, ops: Sequence[CodeOp], chunk: int = 65536) -> Tensor:
+def apply_code_edit(x: Tensor, sae: SAELike, ops: Sequence[CodeOp],
+                    chunk: int = EDIT_CHUNK_ROWS) -> Tensor:
     """``x − decode(z) + decode(z')`` with ``z = encode(x)`` and ``z'`` the ops applied in order."""
     parts = []
     for start in range(0, x.shape[0], chunk):

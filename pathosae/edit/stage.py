@@ -18,7 +18,7 @@ import pandas as pd
 from pathosae.config import PathosaeConfig
 from pathosae.confounders.directions import load_directions
 from pathosae.downstream.all_tiles import capped_vs_all_tiles
-from pathosae.downstream.splits import cohort_splits
+from pathosae.downstream.splits import Splits, cohort_splits
 from pathosae.downstream.train import train_downstream
 from pathosae.edit.defaults import (
     build_candidates,
@@ -82,12 +82,12 @@ def run_stage(
     return summary
 
 
-def embedding_effects(
-    run: RunDir, cfg: PathosaeConfig, user_specs: list[EditSpec], sae_dir: Path, key: str
-) -> dict[str, Any]:
-    """The embedding-layer effect table (defaults, user specs, baselines); its summary."""
+def _cohort_splits(run: RunDir, cfg: PathosaeConfig) -> tuple[Splits, str | None, list[str]]:
+    """The downstream splits, the held-out site and the confounders the bags carry.
+
+    The whole cohort's bags are dropped on return: the splits hold their own copies of the rows,
+    and keeping both doubled the stage's memory."""
     ecfg = cfg.edit
-    conf_dir, out_dir = run.root / CONFOUNDERS_DIR, run.root / EDITS_DIR
     variables = ecfg.confounders or list(cfg.cohort.confounders)
     bags = load_run_bags(
         run, cfg, ecfg.site_column, ecfg.downstream.max_tiles_per_slide, ecfg.seed, variables,
@@ -95,6 +95,16 @@ def embedding_effects(
     )
     variables = [v for v in variables if v == ecfg.site_column or v in bags.meta]
     splits, held_out_site = cohort_splits(bags, ecfg)
+    return splits, held_out_site, variables
+
+
+def embedding_effects(
+    run: RunDir, cfg: PathosaeConfig, user_specs: list[EditSpec], sae_dir: Path, key: str
+) -> dict[str, Any]:
+    """The embedding-layer effect table (defaults, user specs, baselines); its summary."""
+    ecfg = cfg.edit
+    conf_dir, out_dir = run.root / CONFOUNDERS_DIR, run.root / EDITS_DIR
+    splits, held_out_site, variables = _cohort_splits(run, cfg)
     # The stain-normalised baseline must hold out the same site, even one picked automatically.
     ecfg = ecfg.model_copy(update={HELD_OUT_SITE: held_out_site})
     sae = load_sae(sae_dir)

@@ -39,10 +39,11 @@ COVERAGE_ROWS = 20_000
 def split_data(store: FeatureStore, features_name: str, sae_cfg: SAEConfig, seed: int) -> dict[str, Any]:
     """The SAE's training rows and held-out rows, read into memory up to their caps.
 
-    Train rows are the tiles of train-split slides (at most ``sae.max_train_rows``, a seeded
-    uniform draw, read slide by slide from the store); held-out rows those of val and test slides
-    (at most ``sae.eval_max_rows``). Below the caps every row is kept in store order, so a small
-    cohort trains on exactly its tiles. Memory is bounded by the caps, not by the cohort.
+    Train rows are the tiles of train-split slides (at most ``sae.max_train_rows`` and at most
+    ``sae.n_samples``, a seeded uniform draw, read slide by slide from the store); held-out rows
+    those of val and test slides (at most ``sae.eval_max_rows``). Below the caps every row is
+    kept in store order, so a small cohort trains on exactly its tiles. Memory is bounded by the
+    caps, not by the cohort.
     """
     try:
         split = store.slide_values(SPLIT).astype(str)
@@ -59,7 +60,8 @@ def split_data(store: FeatureStore, features_name: str, sae_cfg: SAEConfig, seed
             f"features {features_name}: {len(train_rows)} train and {len(held_rows)} held-out "
             "tiles. Fix: the cohort needs slides in the train split and in val or test."
         )
-    train = seeded_subset(train_rows, sae_cfg.max_train_rows, seed)
+    # More distinct rows than the SAE's training samples would never be seen: hold no more.
+    train = seeded_subset(train_rows, min(sae_cfg.max_train_rows, sae_cfg.n_samples), seed)
     held = seeded_subset(held_rows, sae_cfg.eval_max_rows, seed + 1)
     matrix = store.matrix()
     fingerprint = settings_hash({
@@ -302,7 +304,8 @@ def _coverage(
     codes = encode_rows(sae, x[rows], conditions=None if conditions is None else conditions[rows])
     groups = index[SLIDE_ID].astype(str).to_numpy()[rows]
     chosen = {k: v[rows] for k, v in concepts.items()}
-    return controls.concept_coverage(codes.numpy(), chosen, groups, seed)
+    # The codes are ours alone: their ranks may take their place (one matrix, not three).
+    return controls.concept_coverage(codes.numpy(), chosen, groups, seed, overwrite=True)
 
 
 def _concepts(run: RunDir, cfg: PathosaeConfig, held_index: pd.DataFrame) -> dict[str, np.ndarray]:
