@@ -141,3 +141,24 @@ def test_leace_in_chunks_equals_one_pass() -> None:
     single = apply_eraser(chunked, x.astype(np.float32), chunk=11)
     assert single.dtype == np.float32
     np.testing.assert_allclose(single, expected, atol=1e-4)
+
+
+def test_combat_in_chunks_equals_one_pass_and_the_capped_fit_is_close() -> None:
+    """The transform runs a few rows at a time, and rows sorted by label make chunks that hold
+    one class only (their covariate dummies must not lose a column); the fit on a seeded
+    sample of the training rows harmonises nearly as the fit on all of them."""
+    rng = np.random.default_rng(5)
+    n = 300
+    label = np.sort(rng.choice(["n", "t"], n))  # chunks of 16 rows: one class each, mostly
+    site = rng.choice(["A", "B", "C"], n)
+    x = rng.normal(size=(n, 6)) + np.array([{"A": 0.0, "B": 1.5, "C": -1.0}[s] for s in site])[:, None]
+    x[:, :2] += 1.5 * (label == "t")[:, None]
+    train = rng.random(n) < 0.7
+    whole = combat_train_apply(x, site, train, protect=label, chunk=n)
+    np.testing.assert_allclose(combat_train_apply(x, site, train, protect=label, chunk=16),
+                               whole, atol=1e-10)
+    single = combat_train_apply(x.astype(np.float32), site, train, protect=label, chunk=16)
+    assert single.dtype == np.float32
+    capped = combat_train_apply(x, site, train, protect=label, fit_max_rows=150, chunk=16)
+    assert not np.allclose(capped, whole)  # a different fit sample ...
+    assert np.abs(capped - whole).mean() < 0.2 * np.abs(x - whole).mean()  # ... close to the full fit

@@ -17,6 +17,10 @@ import numpy as np
 import pandas as pd
 
 from pathosae.errors import PathosaeError
+from pathosae.sampling import seeded_subset
+
+COMBAT_CHUNK_ROWS = 16_384
+"""Rows harmonised at once (combatlearn works on float64 frames with several copies each)."""
 
 
 def combat_train_apply(
@@ -24,15 +28,21 @@ def combat_train_apply(
     batch: np.ndarray | pd.Series,
     is_train: np.ndarray,
     protect: np.ndarray | pd.Series | None = None,
+    fit_max_rows: int | None = None,
+    chunk: int = COMBAT_CHUNK_ROWS,
+    seed: int = 0,
 ) -> np.ndarray:
     """ComBat fitted on the rows where ``is_train`` and applied to every row.
 
     ``batch`` is the confounder (site, scanner, ...), ``protect`` the label kept as a
-    covariate. Returns the harmonised matrix (rows × features, float64).
+    covariate. The fit uses at most ``fit_max_rows`` training rows (a seeded draw; None: all);
+    the transform, which is row by row, runs ``chunk`` rows at a time, so memory is bounded by
+    the fit sample and one chunk. Returns the harmonised matrix (rows × features) in ``x``'s
+    float dtype (float64 otherwise).
     """
     from combatlearn import ComBat
 
-    x = np.asarray(x, dtype=np.float64)
+    x = np.asarray(x)
     is_train = np.asarray(is_train, dtype=bool)
     index = pd.RangeIndex(len(x))
     batch = pd.Series(np.asarray(batch).astype(str), index=index)
@@ -45,15 +55,26 @@ def combat_train_apply(
         )
     covariates = None
     if protect is not None:
-        covariates = pd.DataFrame({"protect": np.asarray(protect).astype(str)}, index=index)
+        values = np.asarray(protect).astype(str)
+        # Fixed categories: a chunk holding one class must still get every dummy column.
+        covariates = pd.DataFrame({"protect": pd.Categorical(values, categories=np.unique(values))},
+                                  index=index)
     model = ComBat(batch=batch, discrete_covariates=covariates,
                    method="fortin" if covariates is not None else "johnson")
-    frame = pd.DataFrame(x, index=index)
+    fit_rows = seeded_subset(np.flatnonzero(is_train), fit_max_rows, seed)
+    out = np.empty(x.shape, dtype=x.dtype if x.dtype.kind == "f" else np.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # small-batch advice, not an error
-        model.fit(frame[is_train])
-        out = model.transform(frame)
-    return np.asarray(out, dtype=np.float64)
+        model.fit(_frame(x, fit_rows))
+        for start in range(0, len(x), chunk):
+            rows = np.arange(start, min(start + chunk, len(x)))
+            out[rows] = np.asarray(model.transform(_frame(x, rows)), dtype=np.float64)
+    return out
+
+
+def _frame(x: np.ndarray, rows: np.ndarray) -> pd.DataFrame:
+    """float64 rows of ``x`` indexed by their row numbers (ComBat looks labels up by index)."""
+    return pd.DataFrame(np.asarray(x[rows], dtype=np.float64), index=pd.Index(rows))
 
 
 def he_stain_normaliser(

@@ -37,6 +37,10 @@ class EditConfig(SplitSettings):
         5, ge=0, description="Random draws also measured retrained (each retrains the downstream "
         "model); the others are measured applied only. null: every draw.",
     )
+    combat_max_rows: int | None = Field(
+        50_000, ge=1, description="Training tiles the ComBat baseline is fitted on (a seeded "
+        "draw when there are more; it harmonises every tile). null: all.",
+    )
     modes: list[str] = Field(default_factory=lambda: ["applied", "retrained"])
     seed: int = 0
     downstream: DownstreamConfig = Field(default_factory=DownstreamConfig)

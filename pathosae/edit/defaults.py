@@ -193,7 +193,7 @@ def build_candidates(
     out += [confounder_aware_candidate(f"{name}_edit_ablate_{var}", models[name],
                                        ecfg.site_column, units)
             for (name, var), units in (aware_units or {}).items()]
-    out.append(combat_candidate(ecfg.site_column))
+    out.append(combat_candidate(ecfg.site_column, ecfg.combat_max_rows))
     if isinstance(stain_features, Splits):
         out.append(replacement_candidate("stain_normalisation", stain_features))
     else:

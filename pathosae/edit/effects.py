@@ -82,8 +82,9 @@ def editor_candidate(
     return Candidate(name, kind, edit, n_units, draw)
 
 
-def combat_candidate(site_column: str = "site") -> Candidate:
-    """ComBat on tile embeddings, fitted on training tiles with the label protected."""
+def combat_candidate(site_column: str = "site", fit_max_rows: int | None = None) -> Candidate:
+    """ComBat on tile embeddings, fitted on (at most ``fit_max_rows``) training tiles with the
+    label protected."""
     from pathosae.confounders.baselines import combat_train_apply
 
     def edit(splits: Splits) -> Splits:
@@ -93,7 +94,8 @@ def combat_candidate(site_column: str = "site") -> Candidate:
         label = np.concatenate([p.tile_y().numpy() for p in parts])
         is_train = np.zeros(len(x), dtype=bool)
         is_train[: splits.train.x.shape[0]] = True
-        out = combat_train_apply(x, batch, is_train, protect=label).astype(np.float32)
+        out = combat_train_apply(x, batch, is_train, protect=label,
+                                 fit_max_rows=fit_max_rows).astype(np.float32, copy=False)
         bounds = np.cumsum([0] + [p.x.shape[0] for p in parts])
         new = [p.with_x(Tensor(out[a:b])) for p, a, b in zip(parts, bounds[:-1], bounds[1:], strict=True)]
         return Splits(*new)
