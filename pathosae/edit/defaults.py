@@ -34,6 +34,7 @@ from pathosae.edit.effects import (
     replacement_candidate,
     tile_level_codes,
 )
+from pathosae.edit.ops import EDIT_CHUNK_ROWS
 from pathosae.edit.spec import Ablate, EditSpec, Leace, ProjectOut, RandomUnits
 from pathosae.features import FeatureStore
 from pathosae.inputs import analysed_features, load_run_bags
@@ -46,9 +47,6 @@ from pathosae.sae.io import load_sae
 from pathosae.sae.metrics import encode_rows
 from pathosae.sae.registry import get_architecture
 from pathosae.schema import SAE_CONFIG, SAE_WEIGHTS
-
-SCAN_CHUNK_ROWS = 8192
-"""Training tiles encoded at once by the edit stage's scan (8,192 × 4,096 float32 is 134 MB)."""
 
 
 class SlideSummaries(NamedTuple):
@@ -113,7 +111,7 @@ def training_scan(
 
 
 def slide_code_summaries(bags: Bags, sae: SAE, conditions: Tensor | None = None,
-                         chunk: int = SCAN_CHUNK_ROWS) -> SlideSummaries:
+                         chunk: int = EDIT_CHUNK_ROWS) -> SlideSummaries:
     """Per slide with tiles: the mean and the fraction active of its tiles' SAE codes.
 
     The codes are encoded ``chunk`` rows at a time and summed per slide (float64), so memory is

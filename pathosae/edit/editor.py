@@ -145,11 +145,10 @@ def _groups(ops: list[Operation]) -> list[list[Operation]]:
 @torch.no_grad()
 def draw_random_units(sae: edit_ops.SAELike, x: Tensor, count: int, seed: int) -> list[int]:
     """``count`` units drawn without replacement among those that fire on some row of ``x``."""
-    fired_any = torch.zeros(0, dtype=torch.bool)
-    for start in range(0, x.shape[0], edit_ops.EDIT_CHUNK_ROWS):  # one chunk's codes at a time
-        chunk_fired = (sae.encode(x[start : start + edit_ops.EDIT_CHUNK_ROWS]) > 0).any(0)
-        fired_any = chunk_fired if not len(fired_any) else fired_any | chunk_fired
-    fired = fired_any.nonzero().flatten().numpy()
+    step = edit_ops.EDIT_CHUNK_ROWS  # one chunk's codes at a time
+    per_chunk = [(sae.encode(x[start : start + step]) > 0).any(0)
+                 for start in range(0, x.shape[0], step)]
+    fired = torch.stack(per_chunk).any(0).nonzero().flatten().numpy()
     if len(fired) < count:
         raise StageError(f"cannot draw {count} random units: only {len(fired)} fire on the data.")
     rng = np.random.default_rng(seed)
