@@ -19,6 +19,7 @@ from typing import Any
 
 from pathosae.config import PathosaeConfig
 from pathosae.errors import PathosaeError
+from pathosae.memory import map_large_blocks
 from pathosae.run import RunDir
 from pathosae.types import OnError
 
@@ -127,6 +128,7 @@ def _execute(
 ) -> dict[str, Any]:
     """In this process, or as Slurm jobs (array jobs for per-slide stages) through submitit."""
     if cfg.executor.kind == "local" or not stage.on_cluster:
+        map_large_blocks()  # chunk-sized temporaries go back to the system when freed
         return fn(run, cfg, on_error)
     from pathosae.scaleout import run_stage_on_executor
 

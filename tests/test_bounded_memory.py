@@ -68,7 +68,7 @@ def test_sae_split_keeps_every_row_below_the_caps_and_samples_above(tmp_path):
     matrix = np.asarray(store.matrix())
     data = split_data(store, "enc", SAEConfig(), seed=0)
     np.testing.assert_array_equal(data["train_x"], np.concatenate([matrix[:6], matrix[15:]]))
-    np.testing.assert_array_equal(data["held_x"], matrix[6:15])
+    np.testing.assert_array_equal(np.asarray(data["held_x"]), matrix[6:15])
     assert list(data["held_index"]["slide_id"].unique()) == ["s2", "s3"]
 
     small = split_data(store, "enc", SAEConfig(max_train_rows=5, eval_max_rows=3), seed=0)

@@ -45,6 +45,27 @@ def test_bags_padding_subset_and_means() -> None:
     assert torch.allclose(bags.slide_means()[1], bags.x[3:6].mean(0))
 
 
+def test_padding_a_batch_of_slides_equals_slicing_the_whole_padding() -> None:
+    """Training pads each batch's slides only (to the cohort's width): the same tensors as
+    slicing one padding of every slide, for bags of unequal sizes and any slide order."""
+    g = np.random.default_rng(4)
+    sizes = np.array([3, 1, 5, 2, 4])
+    whole = Bags(
+        x=torch.from_numpy(g.normal(size=(int(sizes.sum()), 2)).astype(np.float32)),
+        slide=torch.arange(5).repeat_interleave(torch.from_numpy(sizes)), y=torch.zeros(5).long(),
+        site=np.array(["A"] * 5), slide_ids=np.array([f"s{i}" for i in range(5)]),
+        patient=np.array([f"p{i}" for i in range(5)]), split=np.array(["train"] * 5),
+        classes=("neg", "pos"),
+    )
+    full, full_mask = whole.padded()
+    assert whole.largest_bag() == 5 and full.shape == (5, 5, 2)
+    for idx in ([3, 0], [4, 2, 1], [1]):
+        batch, mask = whole.padded(torch.tensor(idx), whole.largest_bag())
+        assert torch.equal(batch, full[idx]) and torch.equal(mask, full_mask[idx])
+    own, own_mask = whole.padded(torch.tensor([1, 3]))  # default width: the batch's largest bag
+    assert own.shape == (2, 2, 2) and torch.equal(own_mask.sum(1), torch.tensor([1, 2]))
+
+
 def test_from_tiles_caps_tiles_and_names_missing_columns() -> None:
     index = pd.DataFrame({
         "slide_id": ["a"] * 5 + ["b"] * 2, "patient_id": ["p"] * 5 + ["q"] * 2,

@@ -248,3 +248,67 @@ def test_chunked_edit_paths_equal_the_whole_batch(monkeypatch: pytest.MonkeyPatc
     chunk_edit = effects.confounder_aware_candidate("e", aware, "site", units).edit(splits)
     assert whole_edit is not None and chunk_edit is not None
     torch.testing.assert_close(chunk_edit.train.x, whole_edit.train.x, rtol=1e-5, atol=1e-5)
+
+
+def test_a_non_finite_edit_is_caught_in_any_row_block(monkeypatch) -> None:
+    """The finiteness check runs block by block (no full-size temporary): a NaN past the first
+    block, in the last split, still stops the edit with a message that names the split."""
+    from planted_bags import planted_bags
+
+    from pathosae.downstream.splits import Splits
+    from pathosae.edit import effects
+
+    monkeypatch.setattr(effects, "EDIT_CHUNK_ROWS", 7)
+    bags = planted_bags(10, 1, "train", 0.5)
+    broken = bags.x.clone()
+    broken[-3, 2] = float("nan")
+    splits = Splits(bags, bags, bags.with_x(broken))
+    effects._require_finite("clean", Splits(bags, bags, bags))
+    with pytest.raises(StageError, match="shifted"):
+        effects._require_finite("broken", splits)
+
+
+def test_pooled_test_measures_without_concatenating_the_tiles() -> None:
+    """Leakage and robustness of the pooled test read the two splits in place: the same
+    figures as on the concatenated tiles (the tile-level fallback included)."""
+    from planted_bags import planted_bags
+
+    from pathosae.downstream.metrics import TileRows, site_leakage_report
+    from pathosae.downstream.splits import Splits
+    from pathosae.edit import effects, robustness
+
+    normal, shifted = planted_bags(12, 1, "val", 0.8), planted_bags(10, 2, "test", 0.2)
+    splits = Splits(normal, normal, shifted)
+    pooled = splits.pooled_test()
+    index = splits.pooled_test_index()
+    assert index.x.shape == (pooled.x.shape[0], 0)
+    assert torch.equal(index.slide, pooled.slide) and list(index.site) == list(pooled.site)
+    rows = np.array([0, 5, pooled.x.shape[0] - 1, normal.x.shape[0], normal.x.shape[0] - 1])
+    assert torch.equal(splits.pooled_test_rows(rows), pooled.x[rows])
+
+    def same(a: dict, b: dict) -> bool:
+        return a.keys() == b.keys() and all(
+            a[k] == b[k] or (isinstance(a[k], float) and np.isnan(a[k]) and np.isnan(b[k]))
+            for k in a)
+
+    for min_per_site in (3, 50):  # 50: no slide-level estimate, the tile-level one runs
+        expected = site_leakage_report(
+            pooled.slide_means().numpy(), pooled.site, pooled.y.numpy(), 5, 0, min_per_site,
+            tiles=TileRows(pooled.x.numpy(), pooled.slide.numpy()))
+        lazy = site_leakage_report(
+            torch.cat([normal.slide_means(), shifted.slide_means()]).numpy(), pooled.site,
+            pooled.y.numpy(), 5, 0, min_per_site,
+            tiles=TileRows(lambda: splits.pooled_test().x.numpy(), index.slide.numpy()))
+        assert same(lazy.columns(), expected.columns())
+    assert same(effects.pooled_leakage(splits, 5, 0).columns(), site_leakage_report(
+        pooled.slide_means().numpy(), pooled.site, pooled.y.numpy(), 5, 0,
+        tiles=TileRows(pooled.x.numpy(), pooled.slide.numpy())).columns())
+
+    slide = pooled.slide.numpy()
+    per_slide = max(1, min(robustness.TILES_PER_SLIDE, robustness.MAX_TILES // pooled.n_slides))
+    picked = robustness.sample_tiles(slide, per_slide, 0)
+    of = slide[picked]
+    whole = robustness.croma_metrics(pooled.x[picked].numpy(), pooled.y.numpy()[of].astype(str),
+                                     np.asarray(pooled.site)[of], np.asarray(pooled.patient)[of])
+    in_place = robustness.pooled_robustness(splits, 0)
+    assert same(in_place, {k: whole[k] for k in in_place})

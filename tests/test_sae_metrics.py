@@ -143,8 +143,11 @@ def test_blocked_permutation_equals_the_column_by_column_draws(grouped: bool):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((300, 150)).astype(np.float32)  # more columns than one block
     groups = rng.integers(0, 7, 300) if grouped else None
-    np.testing.assert_array_equal(permute_per_dimension(x, 5, groups),
-                                  _reference_permutation(x, 5, groups))
+    expected = _reference_permutation(x, 5, groups)
+    np.testing.assert_array_equal(permute_per_dimension(x, 5, groups), expected)
+    own = x.copy()  # in place: the same draws, written over the caller's copy
+    assert permute_per_dimension(own, 5, groups, overwrite=True) is own
+    np.testing.assert_array_equal(own, expected)
 
 
 @pytest.mark.parametrize("overwrite", [False, True])

@@ -19,7 +19,7 @@ import pandas as pd
 from pathosae.errors import PathosaeError
 from pathosae.sampling import seeded_subset
 
-COMBAT_CHUNK_ROWS = 16_384
+COMBAT_CHUNK_ROWS = 4096
 """Rows harmonised at once (combatlearn works on float64 frames with several copies each)."""
 
 
@@ -40,11 +40,26 @@ def combat_train_apply(
     the fit sample and one chunk. Returns the harmonised matrix (rows × features) in ``x``'s
     float dtype (float64 otherwise).
     """
+    return combat_train_apply_parts([np.asarray(x)], batch, is_train, protect, fit_max_rows,
+                                    chunk, seed)[0]
+
+
+def combat_train_apply_parts(
+    parts: list[np.ndarray],
+    batch: np.ndarray | pd.Series,
+    is_train: np.ndarray,
+    protect: np.ndarray | pd.Series | None = None,
+    fit_max_rows: int | None = None,
+    chunk: int = COMBAT_CHUNK_ROWS,
+    seed: int = 0,
+) -> list[np.ndarray]:
+    """``combat_train_apply`` on row blocks that follow one another (e.g. the train, normal and
+    shifted tiles), without concatenating them: ``batch``, ``is_train`` and ``protect`` cover
+    the rows of all parts in order, and each part gets its own harmonised matrix."""
     from combatlearn import ComBat
 
-    x = np.asarray(x)
     is_train = np.asarray(is_train, dtype=bool)
-    index = pd.RangeIndex(len(x))
+    index = pd.RangeIndex(len(is_train))
     batch = pd.Series(np.asarray(batch).astype(str), index=index)
     unseen = sorted(set(batch[~is_train]) - set(batch[is_train]))
     if unseen:
@@ -61,20 +76,41 @@ def combat_train_apply(
                                   index=index)
     model = ComBat(batch=batch, discrete_covariates=covariates,
                    method="fortin" if covariates is not None else "johnson")
+    rows = _PartRows(parts)
     fit_rows = seeded_subset(np.flatnonzero(is_train), fit_max_rows, seed)
-    out = np.empty(x.shape, dtype=x.dtype if x.dtype.kind == "f" else np.float64)
+    outs = [np.empty(p.shape, dtype=p.dtype if p.dtype.kind == "f" else np.float64) for p in parts]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # small-batch advice, not an error
-        model.fit(_frame(x, fit_rows))
-        for start in range(0, len(x), chunk):
-            rows = np.arange(start, min(start + chunk, len(x)))
-            out[rows] = np.asarray(model.transform(_frame(x, rows)), dtype=np.float64)
-    return out
+        model.fit(rows.frame(fit_rows))
+        for start in range(0, len(is_train), chunk):
+            chunk_rows = np.arange(start, min(start + chunk, len(is_train)))
+            rows.write(outs, chunk_rows, np.asarray(model.transform(rows.frame(chunk_rows))))
+    return outs
 
 
-def _frame(x: np.ndarray, rows: np.ndarray) -> pd.DataFrame:
-    """float64 rows of ``x`` indexed by their row numbers (ComBat looks labels up by index)."""
-    return pd.DataFrame(np.asarray(x[rows], dtype=np.float64), index=pd.Index(rows))
+class _PartRows:
+    """Global row numbers over parts that follow one another."""
+
+    def __init__(self, parts: list[np.ndarray]) -> None:
+        self.parts = parts
+        self.offsets = np.cumsum([0] + [len(p) for p in parts])
+
+    def _pieces(self, rows: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """(part, positions in ``rows``, local rows of that part) for every part touched."""
+        owner = np.searchsorted(self.offsets, rows, side="right") - 1
+        return [(int(k), np.flatnonzero(owner == k), rows[owner == k] - self.offsets[k])
+                for k in np.unique(owner)]
+
+    def frame(self, rows: np.ndarray) -> pd.DataFrame:
+        """float64 rows indexed by their global row numbers (ComBat looks labels up by index)."""
+        values = np.empty((len(rows), self.parts[0].shape[1]), dtype=np.float64)
+        for k, where, local in self._pieces(rows):
+            values[where] = self.parts[k][local]
+        return pd.DataFrame(values, index=pd.Index(rows))
+
+    def write(self, outs: list[np.ndarray], rows: np.ndarray, values: np.ndarray) -> None:
+        for k, where, local in self._pieces(rows):
+            outs[k][local] = values[where]
 
 
 def he_stain_normaliser(

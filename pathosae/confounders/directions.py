@@ -31,8 +31,9 @@ def one_hot(labels: np.ndarray) -> tuple[np.ndarray, list[str]]:
     return (labels[:, None] == np.array(levels)[None, :]).astype(np.float64), levels
 
 
-LEACE_CHUNK_ROWS = 16_384
-"""Rows converted to float64 at once by the LEACE fit and transform (16k × 1,536 is 200 MB)."""
+LEACE_CHUNK_ROWS = 4096
+"""Rows converted to float64 at once by the LEACE fit and transform: 4,096 × 768 is 25 MB, and
+the eraser makes a few such temporaries (16,384 rows put the 600-slide edit stage's peak there)."""
 
 
 def fit_leace(x: np.ndarray, labels: np.ndarray, chunk: int = LEACE_CHUNK_ROWS) -> LeaceEraser:

@@ -88,17 +88,26 @@ class Bags:
             )
         return self.subset(keep)
 
-    def padded(self) -> tuple[Tensor, Tensor]:
-        """``(S, T, D)`` embeddings and ``(S, T)`` mask, T the largest bag."""
+    def padded(self, slides: Tensor | None = None, width: int | None = None) -> tuple[Tensor, Tensor]:
+        """``(S, T, D)`` embeddings and ``(S, T)`` mask of ``slides`` (slide positions, default
+        all in order); T is ``width``, default the largest of their bags. A training batch pads
+        only its own slides (to the cohort's width, so it equals a slice of the whole padding)."""
         counts = torch.bincount(self.slide, minlength=self.n_slides)
         starts = torch.cumsum(counts, 0) - counts
-        pos = torch.arange(self.slide.numel()) - starts[self.slide]
-        width = int(counts.max()) if self.n_slides else 0
-        out = self.x.new_zeros(self.n_slides, width, self.dim)
-        mask = torch.zeros(self.n_slides, width, dtype=torch.bool)
-        out[self.slide, pos] = self.x
-        mask[self.slide, pos] = True
+        chosen = torch.arange(self.n_slides) if slides is None else slides.cpu()
+        take = counts[chosen]
+        if width is None:
+            width = int(take.max()) if len(chosen) else 0
+        batch_pos = torch.repeat_interleave(torch.arange(len(chosen)), take)
+        pos = torch.arange(int(take.sum())) - (torch.cumsum(take, 0) - take)[batch_pos]
+        out = self.x.new_zeros(len(chosen), width, self.dim)
+        mask = torch.zeros(len(chosen), width, dtype=torch.bool)
+        out[batch_pos, pos] = self.x[starts[chosen][batch_pos] + pos]
+        mask[batch_pos, pos] = True
         return out, mask
+
+    def largest_bag(self) -> int:
+        return int(torch.bincount(self.slide, minlength=self.n_slides).max()) if self.n_slides else 0
 
     def slide_means(self, values: Tensor | None = None) -> Tensor:
         """Per-slide mean of tile rows (of ``values`` when given, else of ``x``)."""
@@ -141,7 +150,12 @@ class Bags:
             raise StageError(f"some slides have no value in label column {label!r}. Fix: fill it.")
         classes = tuple(sorted(labels.unique()))
         pos = pd.Series(np.arange(len(slides)), index=slides[SLIDE_ID])
-        x_rows = np.asarray(x[rows] if not isinstance(x, Tensor) else x[torch.from_numpy(rows)])
+        if isinstance(x, Tensor):
+            x_rows = np.asarray(x[torch.from_numpy(rows)])
+        elif len(rows) == len(x) and bool(np.all(rows == np.arange(len(x)))):
+            x_rows = np.asarray(x)  # every row in order (load_run_bags sampled): no second copy
+        else:
+            x_rows = np.asarray(x[rows])
         return cls(
             x=torch.as_tensor(x_rows, dtype=torch.float32),
             slide=torch.from_numpy(pos.loc[tiles[SLIDE_ID]].to_numpy().astype(np.int64)),

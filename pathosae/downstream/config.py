@@ -25,8 +25,9 @@ class DownstreamConfig(BaseModel):
         "the CPU, so figures do not depend on it beyond floating-point order).",
     )
     max_tiles: int = Field(
-        200_000, ge=1, description="Tiles held in memory in all; the per-slide sample shrinks to "
-        "fit (bounds memory for cohorts of thousands of slides).",
+        100_000, ge=1, description="Tiles held in memory in all; the per-slide sample shrinks to "
+        "fit (bounds memory for cohorts of thousands of slides: a stage holds the bags and one "
+        "edited copy, 0.3 GB each at 768 dims).",
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypedDict
 
@@ -103,11 +104,16 @@ class Leakage:
 @dataclass(frozen=True)
 class TileRows:
     """Tile vectors for the tile-level estimator of :func:`site_leakage_report`: ``features``
-    (tiles × dims), the slide index of each tile, and at most how many tiles per slide to use."""
+    (tiles × dims, or a function returning them: only called when that estimator runs), the
+    slide index of each tile, and at most how many tiles per slide to use."""
 
-    features: np.ndarray
+    features: np.ndarray | Callable[[], np.ndarray]  # or a function that reads them when needed
     slide: np.ndarray
     max_per_slide: int = 32
+
+    def matrix(self) -> np.ndarray:
+        return np.asarray(self.features() if callable(self.features) else self.features,
+                          dtype=np.float64)
 
 
 def site_leakage(
@@ -145,8 +151,8 @@ def site_leakage_report(
     if value is not None:
         return Leakage(value, SLIDE_WITHIN_CLASS)
     if tiles is not None:
-        value = _tile_within_class(np.asarray(tiles.features, dtype=np.float64),
-                                   np.asarray(tiles.slide), site, y, folds, seed, tiles.max_per_slide)
+        value = _tile_within_class(tiles.matrix(), np.asarray(tiles.slide), site, y, folds, seed,
+                                   tiles.max_per_slide)
         if value is not None:
             return Leakage(value, TILE_WITHIN_CLASS)
     value = _class_centred(features, site, y, folds, seed)

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
+import torch
+from torch import Tensor
 
 from pathosae.downstream.bags import Bags, concat_bags
 from pathosae.downstream.config import LEAVE_ONE_SITE_OUT, SplitSettings
@@ -41,6 +43,22 @@ class Splits:
 
     def pooled_test(self) -> Bags:
         return concat_bags([self.normal, self.shifted])
+
+    def pooled_test_index(self) -> Bags:
+        """``pooled_test()`` without its tile embeddings (``x`` has no columns): the slides,
+        their labels and sites and each tile's slide, for what needs no features."""
+        return concat_bags([b.with_x(b.x[:, :0]) for b in (self.normal, self.shifted)])
+
+    def pooled_test_rows(self, rows: np.ndarray) -> Tensor:
+        """The embeddings of ``rows`` of ``pooled_test()`` (its tile order), taken from the two
+        test splits without concatenating them."""
+        index = torch.as_tensor(np.asarray(rows, dtype=np.int64))
+        n_normal = self.normal.x.shape[0]
+        out = self.normal.x.new_empty((len(index), self.normal.dim))
+        first = index < n_normal
+        out[first] = self.normal.x[index[first]]
+        out[~first] = self.shifted.x[index[~first] - n_normal]
+        return out
 
 
 def cohort_splits(bags: Bags, settings: SplitSettings) -> tuple[Splits, str | None]:

@@ -51,8 +51,9 @@ def train_downstream(
     else:
         model = copy.deepcopy(init)
     device = resolve_device(cfg.device, "downstream.device")
-    x_pad, mask = (t.to(device) for t in bags.padded())
-    t_pad = _pad_like(bags, target).to(device) if target is not None else None
+    # Each batch pads its own slides: a padded copy of every training tile is never held.
+    width = bags.largest_bag()
+    targets = _targets_like(bags, target) if target is not None else None
     y = bags.y.to(device)
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -61,12 +62,13 @@ def train_downstream(
     for _ in range(cfg.epochs):
         order = torch.randperm(bags.n_slides, generator=generator)
         for start in range(0, bags.n_slides, cfg.batch_slides):
-            idx = order[start : start + cfg.batch_slides].to(device)
-            logits, h = model(x_pad[idx], mask[idx])
-            loss = F.cross_entropy(logits, y[idx], weight=weights)
-            if t_pad is not None and aux_weight > 0:
-                m = mask[idx]
-                loss = loss + aux_weight * aux_loss(h[m], t_pad[idx][m])
+            idx = order[start : start + cfg.batch_slides]
+            x_batch, mask = (t.to(device) for t in bags.padded(idx, width))
+            logits, h = model(x_batch, mask)
+            loss = F.cross_entropy(logits, y[idx.to(device)], weight=weights)
+            if targets is not None and aux_weight > 0:
+                t_batch = targets.padded(idx, width)[0].to(device)
+                loss = loss + aux_weight * aux_loss(h[mask], t_batch[mask])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -79,20 +81,26 @@ def _class_weights(y: Tensor, n_classes: int) -> Tensor:
     return counts.sum() / (n_classes * counts)
 
 
-def _pad_like(bags: Bags, values: Tensor) -> Tensor:
+def _targets_like(bags: Bags, values: Tensor) -> Bags:
+    """The bags with the per-tile targets in place of the embeddings (padded batch by batch)."""
     if values.shape[0] != bags.x.shape[0]:
         raise ValueError(f"target has {values.shape[0]} rows, bags have {bags.x.shape[0]} tiles")
-    return bags.with_x(values).padded()[0]
+    return bags.with_x(values)
+
+
+PREDICT_SLIDES = 32
+"""Slides padded and predicted at once: 32 × 256 tiles × 768 floats is 25 MB, and the adapter's
+standardised copy as much again (256 slides made a transient 0.3 GB at 600 slides)."""
 
 
 @torch.no_grad()
-def predict_proba(model: AdapterMIL, bags: Bags, chunk: int = 256) -> np.ndarray:
-    """Slide class probabilities ``(S, C)`` from tile embeddings."""
+def predict_proba(model: AdapterMIL, bags: Bags, chunk: int = PREDICT_SLIDES) -> np.ndarray:
+    """Slide class probabilities ``(S, C)`` from tile embeddings, ``chunk`` slides at a time."""
     return _predict(model, bags, chunk, lambda x, mask: model(x, mask)[0])
 
 
 @torch.no_grad()
-def predict_proba_hidden(model: AdapterMIL, hidden: Bags, chunk: int = 256) -> np.ndarray:
+def predict_proba_hidden(model: AdapterMIL, hidden: Bags, chunk: int = PREDICT_SLIDES) -> np.ndarray:
     """Slide class probabilities ``(S, C)`` from adapter-layer activations: ``hidden.x`` holds
     ``h`` per tile (e.g. edited), and only the attention-MIL head runs on it."""
     return _predict(model, hidden, chunk, lambda h, mask: model.classifier(model.pool(h, mask)[0]))
@@ -104,8 +112,7 @@ def _predict(
     model.eval()
     out = []
     for start in range(0, bags.n_slides, chunk):
-        part = bags.subset(np.isin(np.arange(bags.n_slides), np.arange(start, start + chunk)))
-        x_pad, mask = part.padded()
+        x_pad, mask = bags.padded(torch.arange(start, min(start + chunk, bags.n_slides)))
         out.append(torch.softmax(logits_of(x_pad, mask), dim=1))
     return torch.cat(out).numpy() if out else np.zeros((0, len(bags.classes)))
 
@@ -165,8 +172,9 @@ def predict_proba_streamed(
 
 
 @torch.no_grad()
-def tile_hidden(model: AdapterMIL, x: Tensor, chunk: int = 65536) -> Tensor:
-    """Adapter-layer activations of tile embeddings ``(N, H)``."""
+def tile_hidden(model: AdapterMIL, x: Tensor, chunk: int = 8192) -> Tensor:
+    """Adapter-layer activations of tile embeddings ``(N, H)``, ``chunk`` tiles at a time (the
+    standardised copy of a chunk is its size again: 8,192 × 768 floats is 25 MB)."""
     model.eval()
     return torch.cat([model.hidden(x[i : i + chunk]) for i in range(0, x.shape[0], chunk)])
 

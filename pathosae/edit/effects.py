@@ -84,21 +84,19 @@ def editor_candidate(
 
 def combat_candidate(site_column: str = "site", fit_max_rows: int | None = None) -> Candidate:
     """ComBat on tile embeddings, fitted on (at most ``fit_max_rows``) training tiles with the
-    label protected."""
-    from pathosae.confounders.baselines import combat_train_apply
+    label protected; each split harmonised into its own matrix (no concatenated copy)."""
+    from pathosae.confounders.baselines import combat_train_apply_parts
 
     def edit(splits: Splits) -> Splits:
         parts = [splits.train, splits.normal, splits.shifted]
-        x = np.concatenate([p.x.numpy() for p in parts])
         batch = np.concatenate([p.tile_site() for p in parts])
         label = np.concatenate([p.tile_y().numpy() for p in parts])
-        is_train = np.zeros(len(x), dtype=bool)
+        is_train = np.zeros(len(batch), dtype=bool)
         is_train[: splits.train.x.shape[0]] = True
-        out = combat_train_apply(x, batch, is_train, protect=label,
-                                 fit_max_rows=fit_max_rows).astype(np.float32, copy=False)
-        bounds = np.cumsum([0] + [p.x.shape[0] for p in parts])
-        new = [p.with_x(Tensor(out[a:b])) for p, a, b in zip(parts, bounds[:-1], bounds[1:], strict=True)]
-        return Splits(*new)
+        outs = combat_train_apply_parts([p.x.numpy() for p in parts], batch, is_train,
+                                        protect=label, fit_max_rows=fit_max_rows)
+        return Splits(*(p.with_x(torch.from_numpy(o.astype(np.float32, copy=False)))
+                        for p, o in zip(parts, outs, strict=True)))
 
     del site_column
     return Candidate("combat", "baseline", edit)
@@ -132,10 +130,11 @@ def confounder_aware_candidate(name: str, sae: ConditionedSAE, site_column: str,
 
     def edit_bags(bags: Bags) -> Bags:
         codes = tile_level_codes(bags, sae, site_column)
-        chunks = [edit_rows(bags.x[start : start + EDIT_CHUNK_ROWS],
-                            codes[start : start + EDIT_CHUNK_ROWS])
-                  for start in range(0, bags.x.shape[0], EDIT_CHUNK_ROWS)]
-        return bags.with_x(torch.cat(chunks) if chunks else bags.x.clone())
+        out = torch.empty_like(bags.x)  # filled chunk by chunk: no list of parts to concatenate
+        for start in range(0, bags.x.shape[0], EDIT_CHUNK_ROWS):
+            stop = start + EDIT_CHUNK_ROWS
+            out[start:stop] = edit_rows(bags.x[start:stop], codes[start:stop])
+        return bags.with_x(out)
 
     def edit(splits: Splits) -> Splits:
         return Splits(*(edit_bags(b) for b in (splits.train, splits.normal, splits.shifted)))
@@ -206,8 +205,7 @@ def effect_table(  # noqa: PLR0913 - the table's inputs and its optional measure
             continue
         started = time.perf_counter()
         try:
-            edited = cand.edit(splits)
-            _require_finite(cand.name, edited)
+            edited = _finite_edit(cand, splits)
         except (PathosaeError, ValueError, np.linalg.LinAlgError) as exc:
             # A baseline that cannot apply to this cohort (e.g. ComBat with a site absent from
             # training) is reported as missing with its reason instead of stopping the table.
@@ -238,6 +236,7 @@ def effect_table(  # noqa: PLR0913 - the table's inputs and its optional measure
             row.update(croma)
             row["seconds"] = round(shared + time.perf_counter() - started, 3)
             rows.append(row)
+        del edited  # before the next candidate edits: one edited copy of the splits at a time
     return pd.DataFrame(rows)
 
 
@@ -246,10 +245,20 @@ def _retrain_capped(cand: Candidate, mode: str, cap: int | None) -> bool:
             and cand.draw is not None and cand.draw >= cap)
 
 
+def _finite_edit(cand: Candidate, splits: Splits) -> Splits:
+    """The candidate's edited splits, checked (a failed check leaves no copy behind)."""
+    assert cand.edit is not None
+    edited = cand.edit(splits)
+    _require_finite(cand.name, edited)
+    return edited
+
+
 def _require_finite(name: str, edited: Splits) -> None:
     for part, bags in zip(("train", "normal", "shifted"), (edited.train, edited.normal, edited.shifted),
                           strict=True):
-        if not bool(torch.isfinite(bags.x).all()):
+        # Row blocks: torch.isfinite on the whole matrix made a full-size temporary (|x|).
+        if not all(bool(torch.isfinite(bags.x[i : i + EDIT_CHUNK_ROWS]).all())
+                   for i in range(0, bags.x.shape[0], EDIT_CHUNK_ROWS)):
             raise StageError(
                 f"{name} left NaN or inf in the {part} embeddings (e.g. ComBat with a site that "
                 "has a single training sample). Fix: add slides to that site or drop the baseline."
@@ -259,10 +268,11 @@ def _require_finite(name: str, edited: Splits) -> None:
 def pooled_leakage(splits: Splits, folds: int, seed: int) -> Leakage:
     """Site leakage of the pooled test slides' vectors (slide means of the rows), with the
     tile-level fallback on the same rows for small cohorts."""
-    pooled = splits.pooled_test()
+    pooled = splits.pooled_test_index()  # the tiles are concatenated only if the fallback runs
+    means = torch.cat([splits.normal.slide_means(), splits.shifted.slide_means()])
     return site_leakage_report(
-        pooled.slide_means().numpy(), pooled.site, pooled.y.numpy(), folds, seed,
-        tiles=TileRows(pooled.x.numpy(), pooled.slide.numpy()),
+        means.numpy(), pooled.site, pooled.y.numpy(), folds, seed,
+        tiles=TileRows(lambda: splits.pooled_test().x.numpy(), pooled.slide.numpy()),
     )
 
 

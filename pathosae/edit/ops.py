@@ -60,7 +60,8 @@ def project_code(z: Tensor, direction: Tensor) -> Tensor:
 def project_out(x: Tensor, direction: Tensor) -> Tensor:
     """Embedding space: remove the component of ``x`` along ``direction`` (one or more rows)."""
     basis = _basis(direction.to(x.dtype), x.shape[1])
-    return x - (x @ basis) @ basis.T
+    # One full-size temporary (the projection, negated and added to in place), not two.
+    return ((x @ basis) @ basis.T).neg_().add_(x)
 
 
 def _basis(direction: Tensor, dim: int) -> Tensor:
@@ -72,24 +73,27 @@ def _basis(direction: Tensor, dim: int) -> Tensor:
     return q[:, keep].to(direction.dtype)
 
 
-EDIT_CHUNK_ROWS = 8192
-"""Rows encoded at once by a code edit: its codes, edited copy and change are each 8,192 ×
-d_sae floats (134 MB at 4,096 units); 65,536 rows made them 1 GB each."""
+EDIT_CHUNK_ROWS = 2048
+"""Rows encoded at once by a code edit: its pre-activations, codes, edited copy and change are
+each 2,048 × d_sae floats (25 MB at 3,072 units), about 0.1 GB together beside the edited
+output; 8,192 rows made that 0.4 GB, a quarter of the edit stage's peak at 600 slides."""
 
 
 @torch.no_grad()
 def apply_code_edit(x: Tensor, sae: SAELike, ops: Sequence[CodeOp],
                     chunk: int = EDIT_CHUNK_ROWS) -> Tensor:
-    """``x − decode(z) + decode(z')`` with ``z = encode(x)`` and ``z'`` the ops applied in order."""
-    parts = []
+    """``x − decode(z) + decode(z')`` with ``z = encode(x)`` and ``z'`` the ops applied in order.
+
+    The result is written chunk by chunk into one output: no list of parts to concatenate."""
+    out = torch.empty_like(x)
     for start in range(0, x.shape[0], chunk):
         xb = x[start : start + chunk]
         z = sae.encode(xb)
         edited = z
         for op in ops:
             edited = op(edited)
-        parts.append(xb + _decoded_change(sae, z, edited))
-    return torch.cat(parts) if parts else x.clone()
+        out[start : start + chunk] = xb + _decoded_change(sae, z, edited)
+    return out
 
 
 def _decoded_change(sae: SAELike, z: Tensor, edited: Tensor) -> Tensor:

@@ -34,7 +34,7 @@ def pooled_robustness(
 ) -> dict[str, object]:
     """RI, MaRI, CRoMa and CRoMa's support of the pooled test tiles (label and site of their
     slide; at most ``tiles_per_slide`` per slide and about ``max_tiles`` in all)."""
-    pooled = splits.pooled_test()
+    pooled = splits.pooled_test_index()  # the sampled rows' embeddings are taken below
     slide = pooled.slide.numpy()
     if pooled.n_slides == 0 or len(slide) == 0:
         return {"ri": float("nan"), "mari": float("nan"), "croma": float("nan"),
@@ -42,6 +42,6 @@ def pooled_robustness(
     per_slide = max(1, min(tiles_per_slide, max_tiles // pooled.n_slides))
     rows = sample_tiles(slide, per_slide, seed)
     of = slide[rows]
-    metrics = croma_metrics(pooled.x[rows].numpy(), pooled.y.numpy()[of].astype(str),
+    metrics = croma_metrics(splits.pooled_test_rows(rows).numpy(), pooled.y.numpy()[of].astype(str),
                             np.asarray(pooled.site)[of], np.asarray(pooled.patient)[of])
     return {name: metrics[name] for name in EDIT_ROBUSTNESS_COLUMNS}

@@ -83,9 +83,10 @@ PERMUTE_BLOCK = 64  # columns gathered at once: 64 x 200k float32 is 51 MB
 
 
 def permute_per_dimension(
-    x: np.ndarray, seed: int, groups: np.ndarray | None = None
+    x: np.ndarray, seed: int, groups: np.ndarray | None = None, overwrite: bool = False
 ) -> np.ndarray:
-    """A copy of ``x`` with each column permuted independently (within ``groups`` if given).
+    """``x`` with each column permuted independently (within ``groups`` if given): a copy, or
+    ``x`` itself permuted in place with ``overwrite`` (a writeable array the caller owns).
 
     The draws are one ``rng.permutation`` per column (per group, groups in sorted order), in
     column order. Columns are gathered in blocks made contiguous first: a strided gather of one
@@ -93,7 +94,8 @@ def permute_per_dimension(
     part of the permutation controls at 200k rows.
     """
     rng = np.random.default_rng(seed)
-    out = np.empty_like(x)
+    # In place is safe: every block is copied out before its permuted values are written back.
+    out = x if overwrite and x.flags.writeable else np.empty_like(x)
     if groups is None:
         for start in range(0, x.shape[1], PERMUTE_BLOCK):
             block = np.ascontiguousarray(x[:, start:start + PERMUTE_BLOCK].T)

@@ -141,11 +141,15 @@ def encode_rows(
     """
     sae.eval()
     device = next(sae.parameters()).device
-    parts = []
+    # Filled batch by batch: a list of parts and its concatenation would be two copies.
+    out = torch.empty((x.shape[0], sae.d_sae), dtype=torch.float32)
+    start = 0
     per_batch = _condition_batches(conditions, x.shape[0], None, batch_size)
     for batch, batch_conditions in zip(iter_row_batches(x, None, batch_size), per_batch, strict=True):
         if isinstance(sae, ConditionedTopKSAE):
-            parts.append(sae.encode(batch.to(device), batch_conditions).cpu())
+            codes = sae.encode(batch.to(device), batch_conditions)
         else:
-            parts.append(sae.encode(batch.to(device)).cpu())
-    return torch.cat(parts)
+            codes = sae.encode(batch.to(device))
+        out[start : start + len(codes)] = codes
+        start += len(codes)
+    return out

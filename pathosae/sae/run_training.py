@@ -27,7 +27,7 @@ from pathosae.sae.conditional import ConditionedTopKSAE
 from pathosae.sae.levels import Conditions
 from pathosae.sae.metrics import encode_rows, evaluate_sae
 from pathosae.sae.registry import get_architecture
-from pathosae.sae.training import train_sae
+from pathosae.sae.training import RowView, train_sae
 from pathosae.sampling import seeded_subset
 from pathosae.schema import SLIDE_ID, SPLIT
 from pathosae.tiling.reader import load_tiles
@@ -37,13 +37,15 @@ COVERAGE_ROWS = 20_000
 
 
 def split_data(store: FeatureStore, features_name: str, sae_cfg: SAEConfig, seed: int) -> dict[str, Any]:
-    """The SAE's training rows and held-out rows, read into memory up to their caps.
+    """The SAE's training rows (read into memory) and held-out rows (read lazily), up to caps.
 
     Train rows are the tiles of train-split slides (at most ``sae.max_train_rows`` and at most
-    ``sae.n_samples``, a seeded uniform draw, read slide by slide from the store); held-out rows
-    those of val and test slides (at most ``sae.eval_max_rows``). Below the caps every row is
-    kept in store order, so a small cohort trains on exactly its tiles. Memory is bounded by the
-    caps, not by the cohort.
+    ``sae.n_samples``, a seeded uniform draw, read slide by slide from the store): training
+    draws random minibatches, so they are held. Held-out rows are those of val and test slides
+    (at most ``sae.eval_max_rows``), a ``RowView`` of the store: every use reads them in
+    chunks (metrics, coverage) or takes its own capped copy (the permutation nulls). Below the
+    caps every row is kept in store order, so a small cohort trains on exactly its tiles.
+    Memory is bounded by the caps, not by the cohort.
     """
     try:
         split = store.slide_values(SPLIT).astype(str)
@@ -69,7 +71,7 @@ def split_data(store: FeatureStore, features_name: str, sae_cfg: SAEConfig, seed
         SPLIT: settings_hash([[s, v] for s, v in zip(store.slide_ids, split, strict=True)]),
     })
     held_index, train_index = store.tile_frame(held), store.tile_frame(train)
-    return {"train_x": matrix[train], "held_x": matrix[held], "held_index": held_index,
+    return {"train_x": matrix[train], "held_x": RowView(matrix, held), "held_index": held_index,
             "train_index": train_index,
             "train_slides": train_index[SLIDE_ID].astype(str).to_numpy(),
             "n_train_rows": len(train_rows), "n_held_rows": len(held_rows),
@@ -211,13 +213,6 @@ def control_samples(sae_cfg: SAEConfig) -> SAEConfig:
     return sae_cfg.model_copy(update={"n_samples": cap})
 
 
-def _rows(x: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """``x[positions]``, without a copy when the positions are every row in order."""
-    if len(positions) == len(x) and np.array_equal(positions, np.arange(len(x))):
-        return x
-    return x[positions]
-
-
 def _permutation_controls(
     data: dict[str, Any], sae_cfg: SAEConfig, name: str, concepts: dict[str, np.ndarray],
     held_index: pd.DataFrame, seed: int, told: dict[str, Any],
@@ -227,9 +222,6 @@ def _permutation_controls(
     train_pos = seeded_subset(np.arange(len(data["train_x"])), sae_cfg.controls.max_rows, seed)
     held_pos = seeded_subset(np.arange(len(data["held_x"])),
                             min(sae_cfg.eval_max_rows, sae_cfg.controls.max_rows), seed + 1)
-    # Below the caps the draws are every row: use the arrays as they are, not a second copy.
-    train_x = _rows(data["train_x"], train_pos)
-    held_x = _rows(data["held_x"], held_pos)
     train_slides = data["train_slides"][train_pos]
     held_slides = held_index[SLIDE_ID].astype(str).to_numpy()[held_pos]
     results: dict[str, Any] = {
@@ -239,11 +231,15 @@ def _permutation_controls(
     for mode, within in (("between", False), ("within", True)):
         train_groups = train_slides if within else None
         held_groups = held_slides if within else None
-        null_train = controls.permute_per_dimension(train_x, seed + 11, train_groups)
-        null_held = controls.permute_per_dimension(held_x, seed + 12, held_groups)
+        # Indexing copies: each mode permutes its own copy of the capped rows in place.
+        null_train = controls.permute_per_dimension(
+            np.asarray(data["train_x"][train_pos]), seed + 11, train_groups, overwrite=True)
+        null_held = controls.permute_per_dimension(
+            np.asarray(data["held_x"][held_pos]), seed + 12, held_groups, overwrite=True)
         null_sae = train_sae(null_train, n_samples, architecture=name,
                              progress=_bar(f"sae {name}: permuted null"),
                              **_subset_told(told, train_pos))
+        del null_train  # trained: only the held-out copy is needed for its metrics
         null_codes = held_conditions(null_sae, held_index.iloc[held_pos])
         entry = {"held_out": evaluate_sae(null_sae, null_held, conditions=null_codes,
                                           dense_threshold=sae_cfg.dense_threshold)}
@@ -254,7 +250,7 @@ def _permutation_controls(
                 null_codes,
             )
         results[mode] = entry
-        del null_train, null_held  # before the next mode's copies: one permuted copy at a time
+        del null_held  # before the next mode's copies
     return results
 
 

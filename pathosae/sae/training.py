@@ -16,7 +16,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,15 +29,18 @@ from pathosae.sae.conditional import ConditionedTopKSAE
 from pathosae.sae.levels import Conditions, LevelsLike
 from pathosae.sae.registry import get_architecture
 
+if TYPE_CHECKING:
+    from pathosae.features import StoreRows
+
 
 class RowView:
-    """Selected rows of a matrix or memmap, read lazily (e.g. the train split of a feature store).
+    """Selected rows of a matrix, memmap or feature store, read lazily (e.g. held-out tiles).
 
     Supports what training and evaluation need: ``shape``, ``ndim``, ``dtype`` and indexing by a
     sorted index array or a slice.
     """
 
-    def __init__(self, base: np.ndarray, rows: np.ndarray) -> None:
+    def __init__(self, base: np.ndarray | StoreRows, rows: np.ndarray) -> None:
         self.base = base
         self.row_ids = np.sort(np.asarray(rows, dtype=np.int64))  # sorted: sequential reads
         self.shape = (len(self.row_ids), *base.shape[1:])
@@ -49,6 +52,11 @@ class RowView:
 
     def __getitem__(self, item: np.ndarray | slice) -> np.ndarray:
         return self.base[self.row_ids[item]]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        del copy  # a fresh array is always returned
+        out = np.asarray(self.base[self.row_ids])
+        return out if dtype is None else out.astype(dtype)
 
 
 ArrayLike = Tensor | np.ndarray | RowView  # an np.memmap is an np.ndarray

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pathosae.memory import map_large_blocks
 from pathosae.run import RunDir
 from pathosae.scaleout.executor import run_sharded, run_single
 from pathosae.scaleout.sharding import shard_for_array
@@ -55,6 +56,7 @@ def run_stage_on_executor(
 
 
 def _stage_job(stage_fn: StageFn, run_root: str, cfg: PathosaeConfig, on_error: str) -> dict[str, Any]:
+    map_large_blocks()  # as in a local run: freed chunk-sized blocks leave the job's RSS
     return stage_fn(RunDir(Path(run_root)), cfg, on_error)
 
 
