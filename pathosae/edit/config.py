@@ -38,7 +38,7 @@ class EditConfig(SplitSettings):
         "model); the others are measured applied only. null: every draw.",
     )
     combat_max_rows: int | None = Field(
-        20_000, ge=1, description="Training tiles the ComBat baseline is fitted on (a seeded "
+        10_000, ge=1, description="Training tiles the ComBat baseline is fitted on (a seeded "
         "draw when there are more; it harmonises every tile). null: all.",
     )
     modes: list[str] = Field(default_factory=lambda: ["applied", "retrained"])

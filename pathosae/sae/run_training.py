@@ -33,7 +33,10 @@ from pathosae.schema import SLIDE_ID, SPLIT
 from pathosae.tiling.reader import load_tiles
 
 HELD_OUT_SPLITS = ("val", "test")
-COVERAGE_ROWS = 20_000
+COVERAGE_ROWS = 10_000
+"""Held-out tiles (a seeded draw) whose codes give each concept's best-unit AUROC: ranks need
+every row of a unit at once, so this many rows × d_sae floats are held (0.12 GB at 3,072 units);
+20,000 put the 600-slide SAE stage's peak there."""
 
 
 def split_data(store: FeatureStore, features_name: str, sae_cfg: SAEConfig, seed: int) -> dict[str, Any]:
@@ -231,15 +234,16 @@ def _permutation_controls(
     for mode, within in (("between", False), ("within", True)):
         train_groups = train_slides if within else None
         held_groups = held_slides if within else None
-        # Indexing copies: each mode permutes its own copy of the capped rows in place.
+        # Indexing copies: each mode permutes its own copy of the capped rows in place, and
+        # holds one copy at a time (each draw has its own seed, so the order changes nothing).
         null_train = controls.permute_per_dimension(
             np.asarray(data["train_x"][train_pos]), seed + 11, train_groups, overwrite=True)
-        null_held = controls.permute_per_dimension(
-            np.asarray(data["held_x"][held_pos]), seed + 12, held_groups, overwrite=True)
         null_sae = train_sae(null_train, n_samples, architecture=name,
                              progress=_bar(f"sae {name}: permuted null"),
                              **_subset_told(told, train_pos))
-        del null_train  # trained: only the held-out copy is needed for its metrics
+        del null_train
+        null_held = controls.permute_per_dimension(
+            np.asarray(data["held_x"][held_pos]), seed + 12, held_groups, overwrite=True)
         null_codes = held_conditions(null_sae, held_index.iloc[held_pos])
         entry = {"held_out": evaluate_sae(null_sae, null_held, conditions=null_codes,
                                           dense_threshold=sae_cfg.dense_threshold)}
