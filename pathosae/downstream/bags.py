@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -92,8 +93,7 @@ class Bags:
         """``(S, T, D)`` embeddings and ``(S, T)`` mask of ``slides`` (slide positions, default
         all in order); T is ``width``, default the largest of their bags. A training batch pads
         only its own slides (to the cohort's width, so it equals a slice of the whole padding)."""
-        counts = torch.bincount(self.slide, minlength=self.n_slides)
-        starts = torch.cumsum(counts, 0) - counts
+        counts, starts = self._layout
         chosen = torch.arange(self.n_slides) if slides is None else slides.cpu()
         take = counts[chosen]
         if width is None:
@@ -107,7 +107,14 @@ class Bags:
         return out, mask
 
     def largest_bag(self) -> int:
-        return int(torch.bincount(self.slide, minlength=self.n_slides).max()) if self.n_slides else 0
+        return int(self._layout[0].max()) if self.n_slides else 0
+
+    @cached_property
+    def _layout(self) -> tuple[Tensor, Tensor]:
+        """Tiles per slide and each slide's first row, computed once (training pads a batch of
+        slides every step); ``slide`` is never changed in place, and ``with_x`` makes new bags."""
+        counts = torch.bincount(self.slide, minlength=self.n_slides)
+        return counts, torch.cumsum(counts, 0) - counts
 
     def slide_means(self, values: Tensor | None = None) -> Tensor:
         """Per-slide mean of tile rows (of ``values`` when given, else of ``x``)."""
