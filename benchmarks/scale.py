@@ -12,6 +12,7 @@ child, sampled from /proc), printed as a table with the growth exponent between 
 
 The baseline it names is its own smallest size: targets are ratios between sizes measured in the
 same run (peak RSS at 2M <= 1.5x the peak at 400k and <= 6 GB; time at most linear in tiles).
+Peak RSS is printed in GiB (2**30 bytes).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def tree_rss_bytes(root: int) -> int:
 
 
 def timed(cmd: list[str], log: Path) -> dict[str, float]:
-    """Run ``cmd``; its wall seconds and the peak RSS of its process tree (GB)."""
+    """Run ``cmd``; its wall seconds and the peak RSS of its process tree (GiB)."""
     started = time.perf_counter()
     with log.open("a") as out:
         out.write(f"$ {' '.join(cmd)}\n")
@@ -74,7 +75,7 @@ def timed(cmd: list[str], log: Path) -> dict[str, float]:
         watcher.join()
     if code:
         raise SystemExit(f"{' '.join(cmd)} failed (exit {code}); see {log}")
-    return {"seconds": time.perf_counter() - started, "peak_gb": peak[0] / 2**30}
+    return {"seconds": time.perf_counter() - started, "peak_gib": peak[0] / 2**30}
 
 
 def write_config(synth: Path, path: Path) -> Path:
@@ -92,7 +93,8 @@ def run_size(n_tiles: int, args: argparse.Namespace) -> dict[str, dict[str, floa
     root = Path(args.out) / f"{n_tiles}"
     synth, run, log = root / "synth", root / "run", root / "log.txt"
     slides = args.slides or max(8, n_tiles // args.tiles_per_slide)
-    settings = {"tiles": n_tiles, "slides": slides, "dim": args.dim, "stages": args.stages}
+    settings = {"tiles": n_tiles, "slides": slides, "dim": args.dim, "stages": args.stages,
+                "rss_unit": "GiB"}
     done = root / "result.json"
     if done.is_file():
         previous = json.loads(done.read_text())
@@ -132,24 +134,24 @@ def exponent(small: float, large: float, ratio: float) -> str:
 
 def print_table(sizes: list[int], results: dict[int, dict[str, dict[str, float]]]) -> None:
     steps = list(results[sizes[0]])
-    head = " | ".join(f"{s:,} tiles: s / GB" for s in sizes)
+    head = " | ".join(f"{s:,} tiles: s / GiB" for s in sizes)
     growth = " | ".join(f"exp {a:,}→{b:,} (time, RSS)" for a, b in itertools.pairwise(sizes))
     print(f"| step | {head} | {growth} |")
     print("|" + " --- |" * (1 + len(sizes) + len(sizes) - 1))
     for step in steps:
-        cells = [f"{results[s][step]['seconds']:.0f} / {results[s][step]['peak_gb']:.2f}"
+        cells = [f"{results[s][step]['seconds']:.0f} / {results[s][step]['peak_gib']:.2f}"
                  if step in results[s] else "–" for s in sizes]
         exps = []
         for a, b in itertools.pairwise(sizes):
             ra, rb = results[a].get(step), results[b].get(step)
             exps.append("–" if not ra or not rb else
                         f"{exponent(ra['seconds'], rb['seconds'], b / a)}, "
-                        f"{exponent(ra['peak_gb'], rb['peak_gb'], b / a)}")
+                        f"{exponent(ra['peak_gib'], rb['peak_gib'], b / a)}")
         print(f"| {step} | {' | '.join(cells)} | {' | '.join(exps)} |")
     for s in sizes:
         post = sum(v["seconds"] for k, v in results[s].items() if k in STAGES)
-        peak = max((v["peak_gb"] for k, v in results[s].items() if k in STAGES), default=0.0)
-        print(f"{s:,} tiles: post-embedding stages {post / 60:.1f} min, peak RSS {peak:.2f} GB")
+        peak = max((v["peak_gib"] for k, v in results[s].items() if k in STAGES), default=0.0)
+        print(f"{s:,} tiles: post-embedding stages {post / 60:.1f} min, peak RSS {peak:.2f} GiB")
 
 
 def main() -> None:

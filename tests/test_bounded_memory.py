@@ -214,3 +214,25 @@ def test_permutation_nulls_run_below_and_above_the_row_cap():
         result = _permutation_controls(data, sae_cfg, "topk", {}, held_index, 0, {})
         for mode in ("between", "within"):
             assert np.isfinite(result[mode]["held_out"]["fvu"]), (cap, mode)
+
+
+def test_codes_filled_in_batches_equal_one_encoding(monkeypatch):
+    # codes_and_recon fills preallocated outputs batch by batch (no list of parts to join);
+    # with batches of 7 rows over 30 the result equals one encoding of all rows.
+    from pathosae.confounders import collect
+    from pathosae.sae.registry import get_architecture
+
+    torch.manual_seed(0)
+    sae = get_architecture("topk")(d_in=DIM, d_sae=24, k=4)
+    sae.reset_parameters(torch.Generator().manual_seed(0))
+    x = np.random.default_rng(1).normal(size=(30, DIM)).astype(np.float32)
+    monkeypatch.setattr(collect, "_ENCODE_BATCH", 7)
+    codes, recon = collect.codes_and_recon(sae, x)
+    with torch.no_grad():
+        z = sae.encode(torch.from_numpy(x))
+        whole_codes, whole_recon = z.numpy(), sae.decode(z).numpy()
+    assert codes.shape == (30, 24) and codes.dtype == np.float32
+    np.testing.assert_allclose(codes, whole_codes, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(recon, whole_recon, rtol=1e-5, atol=1e-6)
+    empty_codes, empty_recon = collect.codes_and_recon(sae, x[:0])
+    assert empty_codes.shape == (0, 24) and empty_recon.shape == (0, DIM)

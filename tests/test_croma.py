@@ -141,6 +141,25 @@ def test_robustness_table_is_deterministic_for_a_seed() -> None:
     assert first["ri"].iloc[0] != other["ri"].iloc[0]
 
 
+def test_robustness_table_computes_representations_for_the_drawn_rows_only() -> None:
+    # A function of the drawn rows (how the stage passes SAE codes) gives the same table as
+    # whole matrices, and is asked for no more rows than the cap.
+    x, meta = _tiles(1.0)
+    meta.loc[5, "site"] = None  # rows without a level are never drawn
+    asked: list[np.ndarray] = []
+
+    def reps_of(rows: np.ndarray) -> dict[str, np.ndarray]:
+        asked.append(rows)
+        return {"x": x[rows], "twice": 2 * x[rows]}
+
+    whole = robustness_table({"x": x, "twice": 2 * x}, meta, "label", ["site"],
+                             max_samples=300, seed=3)
+    lazy = robustness_table(reps_of, meta, "label", ["site"], max_samples=300, seed=3)
+    pd.testing.assert_frame_equal(whole, lazy)
+    assert [len(rows) for rows in asked] == [300]
+    assert 5 not in asked[0]
+
+
 # ---- the effect table ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def planted() -> Splits:

@@ -134,11 +134,13 @@ def codes_and_recon(
 
     ``conditions`` (rows × confounders level codes) for a confounder-aware SAE: its codes and
     reconstruction use each row's own offsets."""
-    codes, recon = [], []
+    codes: np.ndarray | None = None
+    recon: np.ndarray | None = None
     params = getattr(sae, "parameters", None)
     device = next(iter(params()), torch.empty(0)).device if callable(params) else None
     with torch.no_grad():
-        for start in range(0, len(features), _ENCODE_BATCH):
+        # One batch even without rows, so that the outputs have the model's widths.
+        for start in range(0, max(len(features), 1), _ENCODE_BATCH):
             x = torch.as_tensor(np.asarray(features[start:start + _ENCODE_BATCH], np.float32),
                                 device=device)
             if conditions is None:
@@ -147,9 +149,17 @@ def codes_and_recon(
                 rows = torch.as_tensor(conditions[start:start + _ENCODE_BATCH], device=device)
                 z = sae.encode(x, rows)  # type: ignore[call-arg]
                 x_hat = sae.decode(z, rows)  # type: ignore[call-arg]
-            codes.append(z.cpu().numpy())
-            recon.append(x_hat.cpu().numpy())
-    return np.concatenate(codes), np.concatenate(recon)
+            if codes is None or recon is None:  # filled in place: no list of parts to join
+                codes = np.empty((len(features), z.shape[1]), dtype=_numpy_dtype(z))
+                recon = np.empty((len(features), x_hat.shape[1]), dtype=_numpy_dtype(x_hat))
+            codes[start:start + len(z)] = z.cpu().numpy()
+            recon[start:start + len(x_hat)] = x_hat.cpu().numpy()
+    assert codes is not None and recon is not None  # the loop runs at least once
+    return codes, recon
+
+
+def _numpy_dtype(tensor: torch.Tensor) -> np.dtype:
+    return torch.empty(0, dtype=tensor.dtype).numpy().dtype
 
 
 def _encode_decode(sae: CodeModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

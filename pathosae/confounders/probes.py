@@ -17,7 +17,6 @@ from pathosae.confounders.collect import (
     Collected,
     codes_and_recon,
     conditions_for,
-    representations,
 )
 from pathosae.confounders.controls import permuted_null_repeats, scan_counts, summarise_null
 from pathosae.confounders.leakage import leakage_table
@@ -95,10 +94,18 @@ def robustness_rows(
     if label is None or label not in data.slides:
         return pd.DataFrame()
     meta = data.slides.iloc[data.tile_slide].reset_index(drop=True)
-    reps = {**representations(data, sae, "tile"), **(extra or {})}
+
+    def tile_representations(rows: np.ndarray) -> dict[str, np.ndarray]:
+        # The drawn tiles only: codes of the whole tile sample are tiles x d_sae (0.25 GB at
+        # 20,000 x 3,072), for the ROBUSTNESS_MAX_TILES that croma scores.
+        tiles = data.tile_features[rows]
+        codes, recon = codes_and_recon(sae, tiles, conditions_for(sae, meta.iloc[rows]))
+        return {"embedding": tiles, "sae_codes": codes, "sae_residual": tiles - recon,
+                **{name: np.asarray(x)[rows] for name, x in (extra or {}).items()}}
+
     confs = [v for v in categorical if v != label]
     group = PATIENT_ID if PATIENT_ID in meta else SLIDE_ID
-    return robustness_table(reps, meta, label, confs, group_column=group,
+    return robustness_table(tile_representations, meta, label, confs, group_column=group,
                             max_samples=ROBUSTNESS_MAX_TILES, seed=cfg.confounders.seed)
 
 

@@ -28,7 +28,7 @@ cap draws the same rows for a seed (the same rows for every representation of a 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -168,8 +168,12 @@ def croma_metrics(
     return full
 
 
+#: The representations of some rows of ``meta`` (row indices in, name -> rows × dims out).
+RepresentationsOf = Callable[[np.ndarray], Mapping[str, np.ndarray]]
+
+
 def robustness_table(  # noqa: PLR0913 - the metric's data and its few knobs
-    representations: Mapping[str, np.ndarray],
+    representations: Mapping[str, np.ndarray] | RepresentationsOf,
     meta: pd.DataFrame,
     label: str,
     confounders: list[str],
@@ -183,9 +187,13 @@ def robustness_table(  # noqa: PLR0913 - the metric's data and its few knobs
 
     Rows of ``meta`` (aligned with every representation) without a label or level are left out;
     ``max_samples`` caps the rows scored (a seeded draw, the same for every representation).
+    ``representations`` may be a function of the drawn rows instead of whole matrices, so that
+    representations computed on demand (SAE codes) exist for the scored rows only.
     ``group_column`` (default the patient; None or absent: every row its own group) keeps a
     sample's own slide/patient out of its neighbours.
     """
+    reps_of = (representations if callable(representations) else
+               lambda index: {name: np.asarray(x)[index] for name, x in representations.items()})
     rows: list[dict[str, object]] = []
     for conf in confounders:
         known = (meta[label].notna() & meta[conf].notna()).to_numpy()
@@ -197,8 +205,8 @@ def robustness_table(  # noqa: PLR0913 - the metric's data and its few knobs
         cen = meta[conf].astype(str).to_numpy()[index]
         groups = (meta[group_column].astype(str).to_numpy()[index]
                   if group_column is not None and group_column in meta else None)
-        for name, x in representations.items():
-            metrics = croma_metrics(np.asarray(x)[index], lab, cen, groups, k_candidates, m)
+        for name, x in reps_of(index).items():
+            metrics = croma_metrics(x, lab, cen, groups, k_candidates, m)
             rows.append({"representation": name, "label": label, "confounder": conf,
                          **metrics, "n": len(index)})
     return pd.DataFrame(rows)
