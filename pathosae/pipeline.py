@@ -33,6 +33,10 @@ class Stage:
     description: str
     per_slide: bool = False  # runs as an array job over slide shards on a cluster
     on_cluster: bool = True  # False: always runs in the calling process (cheap bookkeeping)
+    # Large blocks from their own mappings (``pathosae.memory``): for stages whose peak is chunk
+    # loops over cohort-sized copies. It costs page faults on every large allocation (1.5-2x the
+    # time of torch-heavy stages such as SAE training and embedding), so it is off elsewhere.
+    map_large_blocks: bool = False
 
     def load(self) -> StageFn:
         module_name, func_name = self.target.split(":")
@@ -50,9 +54,10 @@ STAGES: tuple[Stage, ...] = (
     Stage("confounders", "pathosae.confounders.stage:run_stage",
           "associate SAE units with metadata; leakage, PathoROB, directions"),
     Stage("edit", "pathosae.edit.stage:run_stage",
-          "edit confounders out and measure the effects against baselines"),
+          "edit confounders out and measure the effects against baselines", map_large_blocks=True),
     Stage("sharpen", "pathosae.saeception.stage:run_stage",
-          "SAE-ception with confounder directions injected, and its controls"),
+          "SAE-ception with confounder directions injected, and its controls",
+          map_large_blocks=True),
     Stage("report", "pathosae.report.stage:run_stage", "write the self-contained report.html",
           on_cluster=False),
 )
@@ -128,8 +133,10 @@ def _execute(
 ) -> dict[str, Any]:
     """In this process, or as Slurm jobs (array jobs for per-slide stages) through submitit."""
     if cfg.executor.kind == "local" or not stage.on_cluster:
-        map_large_blocks()  # chunk-sized temporaries go back to the system when freed
+        if stage.map_large_blocks:
+            map_large_blocks()  # chunk-sized temporaries go back to the system when freed
         return fn(run, cfg, on_error)
     from pathosae.scaleout import run_stage_on_executor
 
-    return run_stage_on_executor(fn, stage.name, run, cfg, on_error, per_slide=stage.per_slide)
+    return run_stage_on_executor(fn, stage.name, run, cfg, on_error, per_slide=stage.per_slide,
+                                 map_blocks=stage.map_large_blocks)

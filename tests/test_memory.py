@@ -40,3 +40,22 @@ def test_chunk_sized_blocks_stay_mapped_with_the_fixed_threshold() -> None:
     then stay resident after free); with ``map_large_blocks`` the block has its own mapping."""
     assert not _chunk_is_mapped("default")
     assert _chunk_is_mapped("fixed")
+
+
+def test_only_the_declared_stages_map_large_blocks(monkeypatch, tmp_path) -> None:
+    """The threshold slows torch-heavy stages (a page fault per large allocation), so the
+    pipeline sets it for the chunk-loop stages that declare it (edit, sharpen), not for the
+    others (embed, sae, confounders)."""
+    from types import SimpleNamespace
+
+    from pathosae import pipeline
+
+    calls: list[str] = []
+    monkeypatch.setattr(pipeline, "map_large_blocks", lambda: calls.append("mapped") or True)
+    cfg = SimpleNamespace(executor=SimpleNamespace(kind="local"))
+    mapped = {}
+    for stage in pipeline.STAGES:
+        calls.clear()
+        pipeline._execute(stage, lambda *_: {}, tmp_path, cfg, "stop")  # type: ignore[arg-type]
+        mapped[stage.name] = bool(calls)
+    assert {name for name, on in mapped.items() if on} == {"edit", "sharpen"}

@@ -33,17 +33,20 @@ def run_stage_on_executor(
     *,
     per_slide: bool,
     resume_command: str | None = None,
+    map_blocks: bool = False,
 ) -> dict[str, Any]:
     """Run one pipeline stage where ``cfg.executor`` says; return its summary.
 
     ``stage_fn`` must be importable on the compute nodes (a stage's top-level ``run_stage``).
+    ``map_blocks``: the job serves large blocks from their own mappings, as a local run of a
+    stage with ``Stage.map_large_blocks`` does.
     """
     executor = cfg.executor
     if executor.kind == "local":
         return stage_fn(run, cfg, on_error)
     if not per_slide:
         return run_single(_stage_job, executor, run.root, name, stage_fn, str(run.root), cfg, on_error,
-                          resume_command=resume_command)
+                          map_blocks, resume_command=resume_command)
     from pathosae.cohort.table import load_cohort
 
     slide_ids = [str(s) for s in load_cohort(run)[SLIDE_ID]]
@@ -55,8 +58,11 @@ def run_stage_on_executor(
     return {"executor": "slurm", "slides": len(slide_ids), "shards": len(shards), "per_shard": summaries}
 
 
-def _stage_job(stage_fn: StageFn, run_root: str, cfg: PathosaeConfig, on_error: str) -> dict[str, Any]:
-    map_large_blocks()  # as in a local run: freed chunk-sized blocks leave the job's RSS
+def _stage_job(
+    stage_fn: StageFn, run_root: str, cfg: PathosaeConfig, on_error: str, map_blocks: bool,
+) -> dict[str, Any]:
+    if map_blocks:  # as in a local run: freed chunk-sized blocks leave the job's RSS
+        map_large_blocks()
     return stage_fn(RunDir(Path(run_root)), cfg, on_error)
 
 
