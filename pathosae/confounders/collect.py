@@ -149,17 +149,14 @@ def codes_and_recon(
                 rows = torch.as_tensor(conditions[start:start + _ENCODE_BATCH], device=device)
                 z = sae.encode(x, rows)  # type: ignore[call-arg]
                 x_hat = sae.decode(z, rows)  # type: ignore[call-arg]
+            z_rows, x_rows = z.cpu().numpy(), x_hat.cpu().numpy()
             if codes is None or recon is None:  # filled in place: no list of parts to join
-                codes = np.empty((len(features), z.shape[1]), dtype=_numpy_dtype(z))
-                recon = np.empty((len(features), x_hat.shape[1]), dtype=_numpy_dtype(x_hat))
-            codes[start:start + len(z)] = z.cpu().numpy()
-            recon[start:start + len(x_hat)] = x_hat.cpu().numpy()
+                codes = np.empty((len(features), z_rows.shape[1]), dtype=z_rows.dtype)
+                recon = np.empty((len(features), x_rows.shape[1]), dtype=x_rows.dtype)
+            codes[start:start + len(z_rows)] = z_rows
+            recon[start:start + len(x_rows)] = x_rows
     assert codes is not None and recon is not None  # the loop runs at least once
     return codes, recon
-
-
-def _numpy_dtype(tensor: torch.Tensor) -> np.dtype:
-    return torch.empty(0, dtype=tensor.dtype).numpy().dtype
 
 
 def _encode_decode(sae: CodeModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,16 +209,20 @@ def collect(
                      np.concatenate(tile_s), missing)
 
 
-def representations(data: Collected, sae: CodeModel, level: str) -> dict[str, np.ndarray]:
-    """Raw embeddings, SAE codes and SAE residual, per slide (means) or per sampled tile."""
+def representations(
+    data: Collected, sae: CodeModel, level: str, rows: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Raw embeddings, SAE codes and SAE residual, per slide (means) or per sampled tile
+    (``rows``: of those tiles only, e.g. a metric's draw, so that no codes of the others exist)."""
     if level == "slide":
         return {"embedding": data.embedding_mean, "sae_codes": data.codes["mean"]
                 if "mean" in data.codes else next(iter(data.codes.values())),
                 "sae_residual": data.residual_mean}
-    codes, recon = codes_and_recon(sae, data.tile_features,
-                                   conditions_for(sae, metadata_for(data, "tile")))
-    return {"embedding": data.tile_features, "sae_codes": codes,
-            "sae_residual": data.tile_features - recon}
+    tiles, meta = data.tile_features, metadata_for(data, "tile")
+    if rows is not None:
+        tiles, meta = tiles[rows], meta.iloc[rows]
+    codes, recon = codes_and_recon(sae, tiles, conditions_for(sae, meta))
+    return {"embedding": tiles, "sae_codes": codes, "sae_residual": tiles - recon}
 
 
 def metadata_for(data: Collected, level: str) -> pd.DataFrame:

@@ -17,6 +17,7 @@ from pathosae.confounders.collect import (
     Collected,
     codes_and_recon,
     conditions_for,
+    representations,
 )
 from pathosae.confounders.controls import permuted_null_repeats, scan_counts, summarise_null
 from pathosae.confounders.leakage import leakage_table
@@ -98,9 +99,7 @@ def robustness_rows(
     def tile_representations(rows: np.ndarray) -> dict[str, np.ndarray]:
         # The drawn tiles only: codes of the whole tile sample are tiles x d_sae (0.25 GB at
         # 20,000 x 3,072), for the ROBUSTNESS_MAX_TILES that croma scores.
-        tiles = data.tile_features[rows]
-        codes, recon = codes_and_recon(sae, tiles, conditions_for(sae, meta.iloc[rows]))
-        return {"embedding": tiles, "sae_codes": codes, "sae_residual": tiles - recon,
+        return {**representations(data, sae, "tile", rows),
                 **{name: np.asarray(x)[rows] for name, x in (extra or {}).items()}}
 
     confs = [v for v in categorical if v != label]
