@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from pathosae.config import PathosaeConfig
-from pathosae.confounders.aggregate import summarise_tiles
+from pathosae.confounders.aggregate import RunningSum, TileSummaries
 from pathosae.errors import PathosaeError, StageError
 from pathosae.progress import bar
 from pathosae.schema import SLIDE_ID
@@ -192,14 +192,12 @@ def collect(
                 f"features of slide {sid!r} are empty or hold NaN/inf (shape {features.shape}). "
                 "Fix: re-embed that slide (`pathosae embed`)."
             )
-        slide_codes = conditions_for(sae, slides.iloc[[i]])
-        codes, recon = codes_and_recon(
-            sae, features, None if slide_codes is None else np.repeat(slide_codes, len(features), 0))
-        for name, vec in summarise_tiles(codes, ccfg.aggregations, ccfg.quantile,
-                                         ccfg.active_threshold).items():
+        summary, residual = summarise_slide(sae, features, conditions_for(sae, slides.iloc[[i]]),
+                                            cfg)
+        for name, vec in summary.items():
             sums[name].append(vec.astype(np.float32))
         emb.append(features.mean(axis=0))
-        res.append((features - recon).mean(axis=0))
+        res.append(residual)
         counts.append(len(features))
         pick = np.sort(rng.choice(len(features), min(per_slide, len(features)), replace=False))
         tile_x.append(features[pick])
@@ -207,6 +205,29 @@ def collect(
     return Collected(slides, {k: np.vstack(v) for k, v in sums.items()}, np.vstack(emb),
                      np.vstack(res), np.asarray(counts), np.vstack(tile_x),
                      np.concatenate(tile_s), missing)
+
+
+def summarise_slide(
+    sae: CodeModel, features: np.ndarray, slide_codes: np.ndarray | None, cfg: PathosaeConfig,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """A slide's code summaries and mean SAE residual, encoded ``_ENCODE_BATCH`` tiles at a time:
+    no tiles × units matrix of the whole slide exists (20,000 tiles × 4,096 units held in float32
+    and float64 made this stage's memory grow with the tiles per slide)."""
+    ccfg = cfg.confounders
+    summary: TileSummaries | None = None
+    residual = RunningSum(np.float32)  # the old mean of the whole slide's float32 residual
+    for start in range(0, len(features), _ENCODE_BATCH):
+        chunk = features[start:start + _ENCODE_BATCH]
+        codes, recon = codes_and_recon(
+            sae, chunk, None if slide_codes is None else np.repeat(slide_codes, len(chunk), 0))
+        if summary is None:
+            summary = TileSummaries(codes.shape[1], ccfg.aggregations, ccfg.quantile,
+                                    ccfg.active_threshold)
+        summary.add(codes)
+        residual.add(chunk - recon)
+    if summary is None:
+        raise PathosaeError("a slide without tiles has no summary. Fix: drop it from the cohort.")
+    return summary.result(), residual.mean()
 
 
 def representations(
