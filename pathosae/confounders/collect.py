@@ -1,8 +1,9 @@
 """One streaming pass over a run's slides: per-slide summaries of SAE codes and a tile sample.
 
 What the confounder analysis keeps of the features is slide-level (code summaries, embedding and
-residual means: one row per slide) plus a capped, seeded sample of tiles per slide, so its
-memory does not grow with the tiles of a slide.
+residual means: one row per slide) plus a capped, seeded sample of tiles per slide. A slide is
+encoded and summarised a chunk of tiles at a time, so beyond the slide's features memory does not
+grow with its tiles.
 """
 
 from __future__ import annotations
