@@ -238,16 +238,17 @@ def test_codes_filled_in_batches_equal_one_encoding(monkeypatch):
     assert empty_codes.shape == (0, 24) and empty_recon.shape == (0, DIM)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("density", [0.05, 1.0])
 @pytest.mark.parametrize("chunk", [1, 7, 4096])
-def test_tile_summaries_in_chunks_equal_the_whole_matrix(density, chunk):
+def test_tile_summaries_in_chunks_equal_the_whole_matrix(density, chunk, dtype):
     # Sparse codes keep their non-zero entries, dense ones (raw features) the codes: both give
     # numpy's mean and linear-method quantile of the whole float64 matrix to the bit, negative
     # values and all-zero units included, whatever the chunking.
     from pathosae.confounders.aggregate import TileSummaries
 
     rng = np.random.default_rng(2)
-    codes = rng.normal(size=(301, 40)).astype(np.float32)
+    codes = rng.normal(size=(301, 40)).astype(dtype)
     codes[rng.random(codes.shape) > density] = 0
     codes[:, 3] = 0
     codes[:, 4] = np.abs(codes[:, 4])

@@ -84,7 +84,8 @@ class TileSummaries:
 
     Held between chunks: a float64 sum and an active count per unit, and for the quantile the
     codes' non-zero entries (SAE codes are sparse: k of d_sae per tile), or the codes themselves
-    when they are dense. So a slide's memory is its non-zero codes, not tiles × units in float64.
+    (in their dtype) when they are dense. So a slide's memory is its non-zero codes, not
+    tiles × units in float64.
     """
 
     def __init__(
@@ -125,7 +126,7 @@ class TileSummaries:
         if self.dense is None:
             self.dense = bool(nonzero.mean() > DENSE_SHARE)
         if self.dense:
-            self.parts.append(np.array(codes, dtype=np.float32))
+            self.parts.append(np.array(codes))  # its own dtype: float64 codes stay exact
         else:
             self.parts.append((np.nonzero(nonzero)[1].astype(np.int32), codes[nonzero]))
 
